@@ -1,0 +1,20 @@
+/* PbMassStorage: a USB mass storage device (Bulk-Only Transport, SCSI transparent command set)
+ * backed by an image file descriptor. Built on the public PbVirtualDevice API only. */
+#pragma once
+
+#include "pb-virtual-device.h"
+
+G_BEGIN_DECLS
+
+#define PB_TYPE_MASS_STORAGE (pb_mass_storage_get_type ())
+G_DECLARE_FINAL_TYPE (PbMassStorage, pb_mass_storage, PB, MASS_STORAGE, GObject)
+
+/* fd: an open image (regular file or block device), size a multiple of 512. The device dups it;
+ * the caller keeps its own fd. read_only: writes fail with DATA PROTECT (also forced when fd is
+ * not open for writing). */
+PbMassStorage *pb_mass_storage_new (int fd, gboolean read_only, GError **error);
+PbVirtualDevice *pb_mass_storage_get_device (PbMassStorage *self);
+guint64 pb_mass_storage_get_block_count (PbMassStorage *self);
+gboolean pb_mass_storage_is_read_only (PbMassStorage *self);
+
+G_END_DECLS

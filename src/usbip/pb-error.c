@@ -1,0 +1,3 @@
+#include "pb-error.h"
+
+G_DEFINE_QUARK (pb-error-quark, pb_error)

@@ -75,6 +75,9 @@ struct _PbUrb {
   gpointer intercept_data;
   guint32 unlink_seqnum;      /* seqnum of the CMD_UNLINK, when cancelled */
   gpointer owner_private;
+  GList owner_link;           /* the owner's list of URBs in flight */
+  GList order_link;           /* PbVirtualDevice's per-endpoint order */
+  gboolean order_done;        /* completed by the program, waiting for its turn */
 };
 
 /* Records the outcome and passes the URB on. Clamps actual_length to length (a device bug must

@@ -109,8 +109,11 @@ typedef struct {
    * Use them to reset per-connection state. */
   void (*opened) (PbVirtualDevice *device, gpointer user_data);
   void (*closed) (PbVirtualDevice *device, gpointer user_data);
+  /* The host reset the port (SET_FEATURE(PORT_RESET)): forget transient state. The configuration
+   * and alternate settings are kept, as usbip-host restores them after a reset. */
+  void (*reset) (PbVirtualDevice *device, gpointer user_data);
 
-  gpointer padding[8];
+  gpointer padding[7];
 } PbVirtualDeviceOps;
 
 /* ops must outlive the device (a static table). user_data_free runs when the device is finalized. */

@@ -51,7 +51,8 @@ struct _PbUrb {
   gint32 start_frame;
   gint32 interval;
   guint32 length;             /* transfer_buffer_length */
-  guint8 *buffer;             /* length bytes: OUT data, or room for IN data (zeroed) */
+  guint8 *buffer;             /* length bytes: OUT data, or room for IN data (contents unspecified:
+                               * a device sends only the actual_length bytes it wrote) */
   guint n_iso_packets;
   PbUsbipIsoPacket *iso_packets; /* n_iso_packets; the device sets actual_length and status */
 

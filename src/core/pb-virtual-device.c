@@ -168,7 +168,7 @@ pb_virtual_device_set_descriptors (PbVirtualDevice *self, PbUsbipSpeed speed,
       return FALSE;
     }
   if (configuration_len < 9 || configuration[0] < 9 || configuration[1] != PB_USB_DT_CONFIG ||
-      (configuration[2] | (configuration[3] << 8)) != configuration_len)
+      (gsize) (configuration[2] | (configuration[3] << 8)) != configuration_len)
     {
       g_set_error_literal (error, PB_ERROR, PB_ERROR_INVALID_ARGUMENT,
                            "configuration descriptor must have type 2 and wTotalLength equal to its length");

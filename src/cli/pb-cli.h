@@ -1,0 +1,26 @@
+/* The `plugboard` command line: one function per verb, dispatched from plugboard.c. */
+#pragma once
+
+#include <glib.h>
+
+G_BEGIN_DECLS
+
+/* Exit codes, documented in `plugboard --help` and README. */
+typedef enum {
+  PB_EXIT_OK = 0,
+  PB_EXIT_FAILURE = 1,      /* anything else */
+  PB_EXIT_USAGE = 2,        /* bad command line */
+  PB_EXIT_UNREACHABLE = 3,  /* connection refused, unknown host, timeout */
+  PB_EXIT_NOT_FOUND = 4,    /* no such bus ID */
+  PB_EXIT_BUSY = 5,         /* device in use */
+  PB_EXIT_PROTOCOL = 6,     /* protocol version mismatch or malformed reply */
+} PbExitCode;
+
+/* Maps an error from the library to an exit code. */
+int pb_cli_exit_code_for_error (const GError *error);
+
+int pb_cli_serve (int argc, char **argv);
+int pb_cli_list (int argc, char **argv);
+int pb_cli_probe (int argc, char **argv);
+
+G_END_DECLS

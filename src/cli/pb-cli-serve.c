@@ -1,0 +1,313 @@
+/* `plugboard serve`: a standalone USB/IP server for virtual devices. No root needed. */
+#define G_LOG_DOMAIN "plugboard"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <glib-unix.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "pb-cli.h"
+#include "pb-default-image.h"
+#include "pb-keyboard.h"
+#include "pb-mass-storage.h"
+#include "pb-serial.h"
+#include "pb-server.h"
+
+typedef struct {
+  PbServer *server;
+  GMainLoop *loop;
+  GPtrArray *owners;     /* the built-in device objects (PbMassStorage, PbKeyboard, PbSerial) */
+  PbKeyboard *keyboard;  /* to type --type text on import; owned by owners */
+  char *type_text;
+} Serve;
+
+/* Exports device; on success serve->owners takes the caller's reference on owner. */
+static gboolean
+add_device (Serve *serve, GObject *owner, PbVirtualDevice *device, const char *description, GError **error)
+{
+  pb_device_set_description (PB_DEVICE (device), description);
+  if (!pb_server_add_device (serve->server, PB_DEVICE (device), error))
+    return FALSE;
+  g_ptr_array_add (serve->owners, owner);
+  return TRUE;
+}
+
+static gboolean
+add_mass_storage (Serve *serve, const char *argument, GError **error)
+{
+  g_auto(GStrv) parts = argument != NULL ? g_strsplit (argument, ",", -1) : NULL;
+  const char *path = parts != NULL && parts[0][0] != '\0' ? parts[0] : NULL;
+  gboolean read_only = FALSE;
+  g_autoptr(PbMassStorage) storage = NULL;
+  g_autofree char *description = NULL;
+  int fd;
+
+  for (guint i = 1; parts != NULL && parts[i] != NULL; i++)
+    {
+      if (g_str_equal (parts[i], "ro"))
+        read_only = TRUE;
+      else
+        {
+          g_set_error (error, PB_ERROR, PB_ERROR_INVALID_ARGUMENT, "unknown mass storage option “%s” (known: ro)",
+                       parts[i]);
+          return FALSE;
+        }
+    }
+
+  if (path == NULL)
+    {
+      fd = pb_default_image_create (error);
+      if (fd < 0)
+        return FALSE;
+    }
+  else
+    {
+      fd = open (path, (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+      if (fd < 0)
+        {
+          int saved = errno;
+          g_set_error (error, PB_ERROR, PB_ERROR_INVALID_ARGUMENT, "cannot open image %s%s: %s%s", path,
+                       read_only ? "" : " for writing", g_strerror (saved),
+                       !read_only && (saved == EACCES || saved == EROFS) ? " (add ,ro to serve it read-only)" : "");
+          return FALSE;
+        }
+    }
+  storage = pb_mass_storage_new (fd, read_only, error);
+  close (fd);
+  if (storage == NULL)
+    return FALSE;
+  description = g_strdup_printf ("virtual disk, %s, %" G_GUINT64_FORMAT " MiB%s",
+                                 path != NULL ? path : "embedded image",
+                                 pb_mass_storage_get_block_count (storage) * 512 / (1024 * 1024),
+                                 read_only ? ", read-only" : "");
+  if (!add_device (serve, G_OBJECT (storage), pb_mass_storage_get_device (storage), description, error))
+    return FALSE;
+  g_steal_pointer (&storage);
+  return TRUE;
+}
+
+static gboolean
+add_virtual (Serve *serve, const char *spec, GError **error)
+{
+  g_autofree char *kind = NULL;
+  const char *colon = strchr (spec, ':');
+  const char *argument = colon != NULL ? colon + 1 : NULL;
+
+  kind = colon != NULL ? g_strndup (spec, colon - spec) : g_strdup (spec);
+
+  if (g_str_equal (kind, "msc"))
+    return add_mass_storage (serve, argument, error);
+
+  if (g_str_equal (kind, "keyboard") && argument == NULL)
+    {
+      g_autoptr(PbKeyboard) keyboard = pb_keyboard_new ();
+      if (serve->keyboard != NULL)
+        {
+          g_set_error_literal (error, PB_ERROR, PB_ERROR_INVALID_ARGUMENT, "only one --virtual keyboard is supported");
+          return FALSE;
+        }
+      if (!add_device (serve, G_OBJECT (keyboard), pb_keyboard_get_device (keyboard), "virtual keyboard", error))
+        return FALSE;
+      serve->keyboard = g_steal_pointer (&keyboard);
+      return TRUE;
+    }
+
+  if (g_str_equal (kind, "serial") && (argument == NULL || g_str_equal (argument, "pty")))
+    {
+      PbSerialMode mode = argument != NULL ? PB_SERIAL_MODE_PTY : PB_SERIAL_MODE_ECHO;
+      g_autoptr(PbSerial) serial = pb_serial_new (mode, error);
+      g_autofree char *description = NULL;
+
+      if (serial == NULL)
+        return FALSE;
+      description = mode == PB_SERIAL_MODE_PTY
+                      ? g_strdup_printf ("virtual serial port, pty %s", pb_serial_get_pty_path (serial))
+                      : g_strdup ("virtual serial port, echo");
+      if (!add_device (serve, G_OBJECT (serial), pb_serial_get_device (serial), description, error))
+        return FALSE;
+      g_steal_pointer (&serial);
+      return TRUE;
+    }
+
+  g_set_error (error, PB_ERROR, PB_ERROR_INVALID_ARGUMENT,
+               "unknown virtual device “%s” (known: msc[:IMAGE[,ro]], keyboard, serial[:pty])", spec);
+  return FALSE;
+}
+
+static void
+on_session_opened (PbServer *server, PbExportSession *session, gpointer user_data)
+{
+  Serve *serve = user_data;
+  PbDevice *device = pb_export_session_get_device (session);
+
+  printf ("import %s (%s) by %s\n", pb_device_get_busid (device), pb_device_get_description (device),
+          pb_export_session_get_peer_name (session));
+  if (serve->keyboard != NULL && serve->type_text != NULL &&
+      device == PB_DEVICE (pb_keyboard_get_device (serve->keyboard)))
+    {
+      g_autoptr(GError) error = NULL;
+      /* Reports wait in the keyboard's queue until the host's driver polls for them. */
+      if (!pb_keyboard_type_string (serve->keyboard, serve->type_text, &error))
+        fprintf (stderr, "plugboard serve: cannot type: %s\n", error->message);
+    }
+}
+
+static void
+on_session_closed (PbServer *server, PbExportSession *session, const GError *reason, gpointer user_data)
+{
+  PbDevice *device = pb_export_session_get_device (session);
+  PbExportSessionStats stats;
+
+  pb_export_session_get_stats (session, &stats);
+  printf ("close %s by %s: %s (%" G_GUINT64_FORMAT " URBs, %" G_GUINT64_FORMAT " bytes out, %" G_GUINT64_FORMAT
+          " bytes in)\n",
+          pb_device_get_busid (device), pb_export_session_get_peer_name (session),
+          reason != NULL ? reason->message : "closed", stats.urbs_submitted, stats.bytes_to_device,
+          stats.bytes_from_device);
+}
+
+static void
+on_request_rejected (PbServer *server, const char *peer, const GError *reason, gpointer user_data)
+{
+  printf ("reject %s: %s\n", peer, reason->message);
+}
+
+static gboolean
+on_quit_signal (gpointer user_data)
+{
+  Serve *serve = user_data;
+
+  g_main_loop_quit (serve->loop);
+  return G_SOURCE_CONTINUE;
+}
+
+int
+pb_cli_serve (int argc, char **argv)
+{
+  g_autofree char *listen_address = NULL;
+  gint port = PB_USBIP_DEFAULT_PORT;
+  g_auto(GStrv) virtual_specs = NULL;
+  g_autofree char *type_text = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GOptionContext) context = NULL;
+  Serve serve = { 0 };
+  GOptionEntry entries[] = {
+    { "listen", 'l', 0, G_OPTION_ARG_STRING, &listen_address, "Listen on this IP address only (default: all, IPv4 and IPv6)", "ADDR" },
+    { "port", 'p', 0, G_OPTION_ARG_INT, &port, "TCP port (default 3240; 0 picks a free one)", "N" },
+    { "virtual", 0, 0, G_OPTION_ARG_STRING_ARRAY, &virtual_specs,
+      "Serve a virtual device: msc[:IMAGE[,ro]], keyboard, serial[:pty] (repeatable)", "SPEC" },
+    { "type", 0, 0, G_OPTION_ARG_STRING, &type_text, "Text the virtual keyboard types each time it is imported", "TEXT" },
+    { NULL }
+  };
+  int status = PB_EXIT_OK;
+
+  context = g_option_context_new ("— serve virtual USB devices over USB/IP");
+  g_option_context_add_main_entries (context, entries, NULL);
+  g_option_context_set_description (context,
+    "With no --virtual, serves the three built-in devices: a disk on an embedded 16 MiB FAT\n"
+    "image (msc), a keyboard and an echoing serial port.\n\n"
+    "Devices:\n"
+    "  msc               disk on the embedded demo image (in memory, writable, lost at exit)\n"
+    "  msc:IMAGE         disk backed by IMAGE (a file or block device, size a multiple of 512)\n"
+    "  msc:IMAGE,ro      the same, read-only (writes fail with DATA PROTECT)\n"
+    "  keyboard          HID boot keyboard (US layout); see --type\n"
+    "  serial            CDC-ACM serial port that echoes what the host sends\n"
+    "  serial:pty        CDC-ACM serial port bridged to a pseudo-terminal printed at start\n\n"
+    "Virtual devices get bus IDs 100-1, 100-2, … in the order given. Each import and each\n"
+    "closed connection is logged as one line on standard output. SIGINT/SIGTERM stop.\n\n"
+    "Examples:\n"
+    "  plugboard serve\n"
+    "  plugboard serve --virtual msc:disk.img --virtual keyboard --type 'hello\\n'\n"
+    "  sudo usbip attach -r SERVER -b 100-1        # on the client, with Linux's usbip tools");
+  if (!g_option_context_parse (context, &argc, &argv, &error))
+    {
+      fprintf (stderr, "plugboard serve: %s\n", error->message);
+      return PB_EXIT_USAGE;
+    }
+  if (argc > 1)
+    {
+      fprintf (stderr, "plugboard serve: unexpected argument “%s”\n", argv[1]);
+      return PB_EXIT_USAGE;
+    }
+  if (port < 0 || port > 65535)
+    {
+      fprintf (stderr, "plugboard serve: port %d is out of range\n", port);
+      return PB_EXIT_USAGE;
+    }
+  if (type_text != NULL)
+    {
+      /* Let shells pass "\n" and "\t" literally. */
+      g_autofree char *compressed = g_strcompress (type_text);
+      g_free (type_text);
+      type_text = g_steal_pointer (&compressed);
+    }
+
+  /* One line per event, even into a pipe. */
+  setvbuf (stdout, NULL, _IOLBF, 0);
+
+  serve.server = pb_server_new ();
+  serve.owners = g_ptr_array_new_with_free_func (g_object_unref);
+  serve.type_text = type_text;
+
+  if (virtual_specs == NULL || virtual_specs[0] == NULL)
+    {
+      static const char *const defaults[] = { "msc", "keyboard", "serial", NULL };
+      for (guint i = 0; defaults[i] != NULL && error == NULL; i++)
+        add_virtual (&serve, defaults[i], &error);
+    }
+  else
+    for (guint i = 0; virtual_specs[i] != NULL && error == NULL; i++)
+      add_virtual (&serve, virtual_specs[i], &error);
+  if (error != NULL)
+    {
+      fprintf (stderr, "plugboard serve: %s\n", error->message);
+      status = pb_cli_exit_code_for_error (error);
+      goto out;
+    }
+
+  g_signal_connect (serve.server, "session-opened", G_CALLBACK (on_session_opened), &serve);
+  g_signal_connect (serve.server, "session-closed", G_CALLBACK (on_session_closed), &serve);
+  g_signal_connect (serve.server, "request-rejected", G_CALLBACK (on_request_rejected), &serve);
+
+  if (!pb_server_listen (serve.server, listen_address, (guint16) port, &error))
+    {
+      fprintf (stderr, "plugboard serve: %s\n", error->message);
+      status = PB_EXIT_FAILURE;
+      goto out;
+    }
+  printf ("listening on %s port %u\n", listen_address != NULL ? listen_address : "all addresses",
+          pb_server_get_port (serve.server));
+  {
+    GPtrArray *devices = pb_server_get_devices (serve.server);
+    for (guint i = 0; i < devices->len; i++)
+      printf ("exporting %s: %s\n", pb_device_get_busid (devices->pdata[i]),
+              pb_device_get_description (devices->pdata[i]));
+  }
+
+  serve.loop = g_main_loop_new (NULL, FALSE);
+  g_unix_signal_add (SIGINT, on_quit_signal, &serve);
+  g_unix_signal_add (SIGTERM, on_quit_signal, &serve);
+  g_main_loop_run (serve.loop);
+  printf ("stopping\n");
+
+out:
+  /* Closes sessions; each device completes and closes before the objects go. */
+  pb_server_stop (serve.server);
+  {
+    gint64 deadline = g_get_monotonic_time () + 2 * G_USEC_PER_SEC;
+    while (g_get_monotonic_time () < deadline)
+      {
+        g_autoptr(GPtrArray) sessions = pb_server_get_sessions (serve.server);
+        if (sessions->len == 0)
+          break;
+        g_main_context_iteration (NULL, FALSE);
+        g_usleep (1000);
+      }
+  }
+  g_clear_object (&serve.server);
+  g_clear_pointer (&serve.owners, g_ptr_array_unref);
+  g_clear_pointer (&serve.loop, g_main_loop_unref);
+  return status;
+}

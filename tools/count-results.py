@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""Totals over meson's test logs: one line "N passed, N failed[, N skipped]".
+
+Counts TAP subtests where a test speaks TAP (each g_test case is one result), and whole tests
+otherwise, so the figure says how many behaviours were checked."""
+import json
+import re
+import sys
+from pathlib import Path
+
+passed = failed = skipped = 0
+for build in sys.argv[1:]:
+    log = Path(build) / "meson-logs" / "testlog.json"
+    if not log.exists():
+        print(f"{build}: no test log", file=sys.stderr)
+        failed += 1
+        continue
+    for line in log.read_text().splitlines():
+        entry = json.loads(line)
+        result = entry.get("result")
+        out = entry.get("stdout") or ""
+        tap = [l for l in out.splitlines() if re.match(r"^(not )?ok \d+", l)]
+        if entry.get("protocol") == "tap" and tap:
+            for l in tap:
+                if re.search(r"#\s*skip", l, re.I):
+                    skipped += 1
+                elif l.startswith("not ok") and not re.search(r"#\s*todo", l, re.I):
+                    failed += 1
+                else:
+                    passed += 1
+            # A crash after the last ok still fails the test.
+            if result not in ("OK", "SKIP", "EXPECTEDFAIL") and not any(l.startswith("not ok") for l in tap):
+                failed += 1
+        elif result in ("OK", "EXPECTEDFAIL"):
+            passed += 1
+        elif result == "SKIP":
+            skipped += 1
+        else:
+            failed += 1
+print(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
+sys.exit(1 if failed else 0)

@@ -20,7 +20,7 @@ for build in sys.argv[1:]:
         result = entry.get("result")
         out = entry.get("stdout") or ""
         tap = [l for l in out.splitlines() if re.match(r"^(not )?ok \d+", l)]
-        if entry.get("protocol") == "tap" and tap:
+        if tap:
             for l in tap:
                 if re.search(r"#\s*skip", l, re.I):
                     skipped += 1

@@ -74,6 +74,8 @@ struct _PbExportSession {
   gsize out_offset;        /* bytes of the head item already written */
   gsize out_queued_bytes;
   gboolean write_blocked;
+  GIOCondition fd_condition;
+  gboolean reading_paused;
 
   gboolean started;
   gboolean closing;
@@ -642,6 +644,8 @@ on_fd_ready (gint fd, GIOCondition condition, gpointer user_data)
         return G_SOURCE_CONTINUE;
       read_socket (self);
     }
+  /* Over a limit now: stop polling for input until completions make room. */
+  update_fd_condition (self);
   return G_SOURCE_CONTINUE;
 }
 
@@ -663,10 +667,9 @@ on_drain (gpointer user_data)
   g_autoptr(PbExportSession) keep_alive = g_object_ref (self);
 
   g_clear_pointer (&self->drain_source, g_source_unref);
-  /* Messages parsed into the buffer while paused may be complete already: the socket will not
-   * wake us for them. */
   if (!self->closing && process_input (self))
     read_socket (self);
+  update_fd_condition (self);
   return G_SOURCE_REMOVE;
 }
 
@@ -683,17 +686,22 @@ update_fd_condition (PbExportSession *self)
     condition |= G_IO_IN;
   if (self->write_blocked)
     condition |= G_IO_OUT;
-  g_source_modify_unix_fd (self->fd_source, self->fd_tag, condition);
+  if (condition != self->fd_condition)
+    {
+      g_source_modify_unix_fd (self->fd_source, self->fd_tag, condition);
+      self->fd_condition = condition;
+    }
 
-  /* Reading resumes after a pause: handle what is buffered already, outside this call stack. */
-  if (want_read && self->in_end > self->in_start && self->drain_source == NULL &&
-      self->read_state != READ_OUT_DATA)
+  /* Reading resumes after a pause: what is buffered already may hold whole messages, and the
+   * socket will not wake us for those. Handle them outside this call stack. */
+  if (want_read && self->reading_paused && self->drain_source == NULL)
     {
       self->drain_source = g_idle_source_new ();
       g_source_set_priority (self->drain_source, G_PRIORITY_DEFAULT);
       g_source_set_callback (self->drain_source, on_drain, self, NULL);
       g_source_attach (self->drain_source, self->context);
     }
+  self->reading_paused = !want_read;
 }
 
 /* ---- lifecycle ---- */
@@ -836,6 +844,7 @@ pb_export_session_start (PbExportSession *self, GError **error)
    * write while the socket is full. */
   self->fd_source = g_source_new (&fd_source_funcs, sizeof (GSource));
   self->fd_tag = g_source_add_unix_fd (self->fd_source, self->fd, G_IO_IN);
+  self->fd_condition = G_IO_IN;
   g_source_set_callback (self->fd_source, (GSourceFunc) (void (*) (void)) on_fd_ready, self, NULL);
   g_source_set_name (self->fd_source, "PbExportSession socket");
   g_source_attach (self->fd_source, self->context);

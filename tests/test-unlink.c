@@ -154,10 +154,9 @@ send_submit (Fixture *f, guint ep, PbUsbipDirection direction, guint32 length, c
 }
 
 static guint32
-send_unlink (Fixture *f, guint32 target)
+encode_unlink (Fixture *f, guint32 target, guint8 wire[PB_USBIP_URB_HEADER_SIZE])
 {
   PbUsbipUrbHeader header = { 0 };
-  guint8 wire[PB_USBIP_URB_HEADER_SIZE];
   guint32 seqnum = f->next_seqnum++;
 
   header.command = PB_USBIP_CMD_UNLINK;
@@ -165,6 +164,15 @@ send_unlink (Fixture *f, guint32 target)
   header.devid = (100 << 16) | 1;
   header.u.cmd_unlink.unlink_seqnum = target;
   pb_usbip_urb_header_encode (&header, wire);
+  return seqnum;
+}
+
+static guint32
+send_unlink (Fixture *f, guint32 target)
+{
+  guint8 wire[PB_USBIP_URB_HEADER_SIZE];
+  guint32 seqnum = encode_unlink (f, target, wire);
+
   send_all (f->client_fd, wire, sizeof wire);
   return seqnum;
 }
@@ -191,8 +199,9 @@ recv_exact (Fixture *f, guint8 *out, gsize len)
     }
 }
 
+/* direction: of the request this reply answers (servers send RET_SUBMIT with direction 0). */
 static void
-recv_reply (Fixture *f, PbUsbipUrbHeader *header, guint8 *payload, gsize payload_capacity)
+recv_reply (Fixture *f, PbUsbipDirection direction, PbUsbipUrbHeader *header, guint8 *payload, gsize payload_capacity)
 {
   guint8 wire[PB_USBIP_URB_HEADER_SIZE];
   g_autoptr(GError) error = NULL;
@@ -201,6 +210,9 @@ recv_reply (Fixture *f, PbUsbipUrbHeader *header, guint8 *payload, gsize payload
   recv_exact (f, wire, sizeof wire);
   g_assert_true (pb_usbip_urb_header_decode (wire, sizeof wire, header, &error));
   g_assert_no_error (error);
+  g_assert_cmpuint (header->direction, ==, 0);
+  if (header->command == PB_USBIP_RET_SUBMIT)
+    header->direction = direction;
   length = pb_usbip_urb_payload_length (header);
   g_assert_cmpuint (length, <=, payload_capacity);
   if (length > 0)
@@ -248,7 +260,7 @@ configure (Fixture *f)
   PbUsbipUrbHeader reply;
   guint32 seqnum = send_submit (f, 0, PB_USBIP_DIR_OUT, 0, set_configuration);
 
-  recv_reply (f, &reply, NULL, 0);
+  recv_reply (f, PB_USBIP_DIR_OUT, &reply, NULL, 0);
   g_assert_cmpuint (reply.command, ==, PB_USBIP_RET_SUBMIT);
   g_assert_cmpuint (reply.seqnum, ==, seqnum);
   g_assert_cmpint (reply.u.ret_submit.status, ==, 0);
@@ -277,14 +289,14 @@ test_unlink_completion_races_cancel (Fixture *f, gconstpointer data)
   memset (urb->buffer, 0x11, 512);
   pb_urb_complete (urb, PB_URB_OK, 512);
 
-  recv_reply (f, &reply, payload, sizeof payload);
+  recv_reply (f, PB_USBIP_DIR_IN, &reply, payload, sizeof payload);
   g_assert_cmpuint (reply.command, ==, PB_USBIP_RET_UNLINK);
   g_assert_cmpuint (reply.seqnum, ==, unlink);
   g_assert_cmpint (reply.u.ret_unlink.status, ==, PB_URB_ECONNRESET);
 
   /* The next reply on the wire belongs to the next request: no stray RET_SUBMIT in between. */
   probe = send_submit (f, 0, PB_USBIP_DIR_IN, 2, get_status);
-  recv_reply (f, &reply, payload, sizeof payload);
+  recv_reply (f, PB_USBIP_DIR_IN, &reply, payload, sizeof payload);
   g_assert_cmpuint (reply.command, ==, PB_USBIP_RET_SUBMIT);
   g_assert_cmpuint (reply.seqnum, ==, probe);
   assert_no_reply_pending (f);
@@ -309,14 +321,14 @@ test_unlink_after_completion (Fixture *f, gconstpointer data)
   /* The reply is in the socket, unread, when the unlink is sent. */
   unlink = send_unlink (f, target);
 
-  recv_reply (f, &reply, payload, sizeof payload);
+  recv_reply (f, PB_USBIP_DIR_IN, &reply, payload, sizeof payload);
   g_assert_cmpuint (reply.command, ==, PB_USBIP_RET_SUBMIT);
   g_assert_cmpuint (reply.seqnum, ==, target);
   g_assert_cmpuint (reply.u.ret_submit.actual_length, ==, 100);
   g_assert_cmpint (payload[0], ==, 0x22);
   g_assert_cmpint (payload[99], ==, 0x22);
 
-  recv_reply (f, &reply, payload, sizeof payload);
+  recv_reply (f, PB_USBIP_DIR_IN, &reply, payload, sizeof payload);
   g_assert_cmpuint (reply.command, ==, PB_USBIP_RET_UNLINK);
   g_assert_cmpuint (reply.seqnum, ==, unlink);
   g_assert_cmpint (reply.u.ret_unlink.status, ==, 0);
@@ -335,7 +347,7 @@ test_unlink_cancelled_at_once (Fixture *f, gconstpointer data)
   target = send_submit (f, 2, PB_USBIP_DIR_OUT, 4096, NULL);
   wait_for_held (f, 1);
   unlink = send_unlink (f, target);
-  recv_reply (f, &reply, NULL, 0);
+  recv_reply (f, PB_USBIP_DIR_OUT, &reply, NULL, 0);
   g_assert_cmpuint (reply.command, ==, PB_USBIP_RET_UNLINK);
   g_assert_cmpuint (reply.seqnum, ==, unlink);
   g_assert_cmpint (reply.u.ret_unlink.status, ==, PB_URB_ECONNRESET);
@@ -349,16 +361,20 @@ test_unlink_burst_of_unknown (Fixture *f, gconstpointer data)
   PbUsbipUrbHeader reply;
   guint32 first = 0;
 
+  g_autofree guint8 *burst = g_malloc (1000 * PB_USBIP_URB_HEADER_SIZE);
+
   configure (f);
+  /* One write: the test and the session share a thread, so the burst must fit the socket. */
   for (guint i = 0; i < 1000; i++)
     {
-      guint32 seqnum = send_unlink (f, 0x7fff0000 + i);
+      guint32 seqnum = encode_unlink (f, 0x7fff0000 + i, burst + i * PB_USBIP_URB_HEADER_SIZE);
       if (i == 0)
         first = seqnum;
     }
+  send_all (f->client_fd, burst, 1000 * PB_USBIP_URB_HEADER_SIZE);
   for (guint i = 0; i < 1000; i++)
     {
-      recv_reply (f, &reply, NULL, 0);
+      recv_reply (f, PB_USBIP_DIR_OUT, &reply, NULL, 0);
       g_assert_cmpuint (reply.command, ==, PB_USBIP_RET_UNLINK);
       g_assert_cmpuint (reply.seqnum, ==, first + i);
       g_assert_cmpint (reply.u.ret_unlink.status, ==, 0);
@@ -393,16 +409,16 @@ test_order_per_endpoint (Fixture *f, gconstpointer data)
   assert_no_reply_pending (f); /* held until the first completes */
 
   pb_urb_complete (urb_out, PB_URB_OK, 512);
-  recv_reply (f, &reply, payload, sizeof payload);
+  recv_reply (f, PB_USBIP_DIR_OUT, &reply, payload, sizeof payload);
   g_assert_cmpuint (reply.seqnum, ==, out);
   g_assert_cmpuint (reply.u.ret_submit.actual_length, ==, 512);
   g_assert_cmpuint (pb_usbip_urb_payload_length (&reply), ==, 0);
 
   pb_urb_complete (urb_first, PB_URB_OK, 20);
-  recv_reply (f, &reply, payload, sizeof payload);
+  recv_reply (f, PB_USBIP_DIR_IN, &reply, payload, sizeof payload);
   g_assert_cmpuint (reply.seqnum, ==, first);
   g_assert_cmpuint (reply.u.ret_submit.actual_length, ==, 20);
-  recv_reply (f, &reply, payload, sizeof payload);
+  recv_reply (f, PB_USBIP_DIR_IN, &reply, payload, sizeof payload);
   g_assert_cmpuint (reply.seqnum, ==, second);
   g_assert_cmpuint (reply.u.ret_submit.actual_length, ==, 10);
 }

@@ -201,7 +201,9 @@ gboolean pb_usbip_urb_header_decode (const guint8 *buf, gsize len, PbUsbipUrbHea
 gboolean pb_usbip_cmd_submit_validate (const PbUsbipUrbHeader *header, gboolean is_iso, guint32 max_length, GError **error);
 
 /* Bytes of payload that follow a header on the wire: OUT data for CMD_SUBMIT with direction OUT,
- * IN data (actual_length) for RET_SUBMIT with direction IN, else 0. Iso descriptors not counted. */
+ * IN data (actual_length) for RET_SUBMIT with direction IN, else 0. Iso descriptors not counted.
+ * Servers (Linux's usbip-host too) send RET_SUBMIT with direction 0: a client sets direction
+ * from its own request before asking. */
 guint32 pb_usbip_urb_payload_length (const PbUsbipUrbHeader *header);
 
 void pb_usbip_iso_packets_encode (const PbUsbipIsoPacket *packets, guint n, guint8 *out /* n * 16 */);

@@ -630,22 +630,29 @@ read_socket (PbExportSession *self)
   return TRUE;
 }
 
-static gboolean
-on_fd_ready (gint fd, GIOCondition condition, gpointer user_data)
+static void
+handle_socket_ready (PbExportSession *self, GIOCondition condition)
 {
-  PbExportSession *self = user_data;
-  g_autoptr(PbExportSession) keep_alive = g_object_ref (self);
-
   if ((condition & G_IO_OUT) && !flush_output (self))
-    return G_SOURCE_CONTINUE;
+    return;
   if ((condition & (G_IO_IN | G_IO_HUP | G_IO_ERR)) && !self->closing)
     {
       if (!process_input (self) && self->closing)
-        return G_SOURCE_CONTINUE;
+        return;
       read_socket (self);
     }
   /* Over a limit now: stop polling for input until completions make room. */
   update_fd_condition (self);
+}
+
+static gboolean
+on_fd_ready (gint fd, GIOCondition condition, gpointer user_data)
+{
+  /* A signal handler may drop the last reference while we are inside. */
+  PbExportSession *self = g_object_ref (user_data);
+
+  handle_socket_ready (self, condition);
+  g_object_unref (self);
   return G_SOURCE_CONTINUE;
 }
 
@@ -663,13 +670,13 @@ static GSourceFuncs fd_source_funcs = { .dispatch = fd_source_dispatch };
 static gboolean
 on_drain (gpointer user_data)
 {
-  PbExportSession *self = user_data;
-  g_autoptr(PbExportSession) keep_alive = g_object_ref (self);
+  PbExportSession *self = g_object_ref (user_data);
 
   g_clear_pointer (&self->drain_source, g_source_unref);
   if (!self->closing && process_input (self))
     read_socket (self);
   update_fd_condition (self);
+  g_object_unref (self);
   return G_SOURCE_REMOVE;
 }
 

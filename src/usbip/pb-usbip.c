@@ -46,8 +46,10 @@ pb_usbip_op_header_decode (const guint8 *buf, gsize len, PbUsbipOpHeader *out, G
 gboolean
 pb_usbip_req_import_encode (guint8 out[PB_USBIP_REQ_IMPORT_SIZE], const char *busid, GError **error)
 {
-  gsize n = strlen (busid);
+  gsize n;
 
+  g_return_val_if_fail (busid != NULL, FALSE);
+  n = strlen (busid);
   if (n == 0 || n >= PB_USBIP_BUSID_SIZE)
     {
       g_set_error (error, PB_ERROR, PB_ERROR_INVALID_ARGUMENT, "bus ID “%s” must be 1 to %d bytes long", busid,
@@ -126,10 +128,13 @@ pb_usbip_device_record_encode (const PbUsbipDeviceRecord *record, guint8 out[PB_
 gboolean
 pb_usbip_device_record_decode (const guint8 *buf, gsize len, PbUsbipDeviceRecord *out, GError **error)
 {
-  const guint8 *p = buf + PB_USBIP_PATH_SIZE + PB_USBIP_BUSID_SIZE;
+  const guint8 *p;
 
+  g_return_val_if_fail (out != NULL, FALSE);
   if (!need_bytes (len, PB_USBIP_DEVICE_RECORD_SIZE, "device record", error))
     return FALSE;
+  /* Only now: pointer arithmetic past a short buffer is undefined. */
+  p = buf + PB_USBIP_PATH_SIZE + PB_USBIP_BUSID_SIZE;
   /* Fields are NUL-padded but may fill their whole width: terminate here. */
   memcpy (out->path, buf, PB_USBIP_PATH_SIZE);
   out->path[PB_USBIP_PATH_SIZE] = '\0';
@@ -176,13 +181,17 @@ pb_usbip_rep_devlist_encode (const PbUsbipDeviceRecord *const *records, guint n_
   g_autoptr(GByteArray) out = g_byte_array_new ();
   guint8 chunk[PB_USBIP_DEVICE_RECORD_SIZE];
 
+  g_return_val_if_fail (records != NULL || n_records == 0, NULL);
   pb_usbip_op_header_encode (chunk, PB_USBIP_OP_REP_DEVLIST, PB_USBIP_ST_OK);
   pb_write_be32 (chunk + PB_USBIP_OP_HEADER_SIZE, n_records);
   g_byte_array_append (out, chunk, PB_USBIP_OP_HEADER_SIZE + 4);
   for (guint i = 0; i < n_records; i++)
     {
       if (!pb_usbip_device_record_encode (records[i], chunk, error))
-        return NULL;
+        {
+          g_prefix_error (error, "device %u of %u: ", i + 1, n_records);
+          return NULL;
+        }
       g_byte_array_append (out, chunk, PB_USBIP_DEVICE_RECORD_SIZE);
       for (guint j = 0; j < records[i]->num_interfaces; j++)
         {
@@ -251,10 +260,12 @@ pb_usbip_urb_header_encode (const PbUsbipUrbHeader *header, guint8 out[PB_USBIP_
 gboolean
 pb_usbip_urb_header_decode (const guint8 *buf, gsize len, PbUsbipUrbHeader *out, GError **error)
 {
-  const guint8 *p = buf + 20;
+  const guint8 *p;
 
+  g_return_val_if_fail (out != NULL, FALSE);
   if (!need_bytes (len, PB_USBIP_URB_HEADER_SIZE, "URB header", error))
     return FALSE;
+  p = buf + 20;
   memset (out, 0, sizeof *out);
   out->command = pb_read_be32 (buf);
   out->seqnum = pb_read_be32 (buf + 4);

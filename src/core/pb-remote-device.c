@@ -1,0 +1,792 @@
+#define G_LOG_DOMAIN "plugboard"
+
+#include "pb-remote-device.h"
+
+#include <errno.h>
+#include <glib-unix.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#define MAX_IOV 64
+#define READS_PER_WAKEUP 16
+
+typedef struct {
+  GList link;                 /* in the output queue */
+  guint8 header[PB_USBIP_URB_HEADER_SIZE];
+  struct iovec iov[3];
+  guint n_iov;
+  gsize total;
+  gboolean standalone;        /* a CMD_UNLINK, freed once written; else embedded in a Pending */
+} OutItem;
+
+typedef struct {
+  OutItem out;                /* first: CMD_SUBMIT */
+  guint32 seqnum;
+  PbRemoteUrbRequest request;
+  guint8 *iso_wire;
+  PbRemoteUrbCallback callback;
+  gpointer user_data;
+  gboolean queued;            /* its CMD_SUBMIT is still in the output queue */
+} Pending;
+
+typedef enum {
+  READ_HEADER,
+  READ_PAYLOAD,
+  READ_ISO,
+} ReadState;
+
+struct _PbRemoteDevice {
+  GObject parent_instance;
+
+  GSocketConnection *connection; /* may be NULL (bare socket) */
+  GSocket *socket;
+  int fd;
+  PbUsbipDeviceRecord record;
+  GMainContext *context;
+  GSource *fd_source;
+  gpointer fd_tag;
+  GIOCondition fd_condition;
+
+  guint32 next_seqnum;
+  GHashTable *pending;        /* seqnum → Pending */
+  GHashTable *unlinks;        /* unlink seqnum → target seqnum */
+
+  GQueue out_queue;           /* OutItem */
+  gsize out_offset;
+
+  /* Input. */
+  guint8 header_buf[PB_USBIP_URB_HEADER_SIZE];
+  gsize header_filled;
+  ReadState read_state;
+  Pending *reading;
+  PbUsbipUrbHeader reading_header;
+  gsize payload_filled;
+  guint8 *iso_buf;
+  gsize iso_filled, iso_need;
+
+  gboolean closed;
+};
+
+G_DEFINE_FINAL_TYPE (PbRemoteDevice, pb_remote_device, G_TYPE_OBJECT)
+
+static void fail (PbRemoteDevice *self, const char *format, ...) G_GNUC_PRINTF (2, 3);
+
+static void
+pending_free (Pending *pending)
+{
+  g_free (pending->iso_wire);
+  g_free (pending);
+}
+
+static void
+call_back (PbRemoteDevice *self, Pending *pending, gint32 status, guint32 actual_length, gint32 error_count,
+           gint32 start_frame)
+{
+  PbRemoteUrbResult result = { pending->seqnum, status, actual_length, error_count, start_frame };
+
+  if (pending->callback != NULL)
+    pending->callback (self, &result, pending->user_data);
+  pending_free (pending);
+}
+
+static void
+update_condition (PbRemoteDevice *self)
+{
+  GIOCondition condition = G_IO_IN;
+
+  if (self->fd_source == NULL)
+    return;
+  if (self->out_queue.head != NULL)
+    condition |= G_IO_OUT;
+  if (condition != self->fd_condition)
+    {
+      g_source_modify_unix_fd (self->fd_source, self->fd_tag, condition);
+      self->fd_condition = condition;
+    }
+}
+
+/* Ends the connection: every pending URB is called back with -ESHUTDOWN, exactly once. */
+static void
+shut_down (PbRemoteDevice *self)
+{
+  g_autoptr(GHashTable) pending = NULL;
+  GHashTableIter iter;
+  gpointer value;
+  g_autoptr(GList) list = NULL;
+
+  if (self->closed)
+    return;
+  self->closed = TRUE;
+  if (self->fd_source != NULL)
+    {
+      g_source_destroy (self->fd_source);
+      g_clear_pointer (&self->fd_source, g_source_unref);
+    }
+  g_socket_close (self->socket, NULL);
+  while (self->out_queue.head != NULL)
+    {
+      OutItem *item = self->out_queue.head->data;
+      g_queue_unlink (&self->out_queue, &item->link);
+      if (item->standalone)
+        g_free (item);
+    }
+  if (self->reading != NULL)
+    {
+      /* Taken out of the table already: it is called back like the others. */
+      g_hash_table_insert (self->pending, GUINT_TO_POINTER (self->reading->seqnum), self->reading);
+      self->reading = NULL;
+    }
+
+  /* Steal the table first: callbacks may submit again (refused) or drop references. */
+  pending = g_steal_pointer (&self->pending);
+  self->pending = g_hash_table_new (g_direct_hash, g_direct_equal);
+  g_hash_table_iter_init (&iter, pending);
+  while (g_hash_table_iter_next (&iter, NULL, &value))
+    list = g_list_prepend (list, value);
+  for (GList *l = list; l != NULL; l = l->next)
+    call_back (self, l->data, PB_URB_ESHUTDOWN, 0, 0, 0);
+}
+
+static void
+fail (PbRemoteDevice *self, const char *format, ...)
+{
+  va_list args;
+  g_autofree char *message = NULL;
+
+  va_start (args, format);
+  message = g_strdup_vprintf (format, args);
+  va_end (args);
+  g_warning ("USB/IP connection to %s closed: %s", self->record.busid, message);
+  shut_down (self);
+}
+
+/* ---- output ---- */
+
+static void
+flush_output (PbRemoteDevice *self)
+{
+  while (self->out_queue.head != NULL && !self->closed)
+    {
+      struct iovec iov[MAX_IOV];
+      struct msghdr msg = { 0 };
+      int n_iov = 0;
+      gsize skip = self->out_offset;
+      gssize written;
+
+      for (GList *l = self->out_queue.head; l != NULL && n_iov < MAX_IOV - 3; l = l->next)
+        {
+          OutItem *item = l->data;
+          for (guint i = 0; i < item->n_iov; i++)
+            {
+              if (skip >= item->iov[i].iov_len)
+                {
+                  skip -= item->iov[i].iov_len;
+                  continue;
+                }
+              iov[n_iov].iov_base = (guint8 *) item->iov[i].iov_base + skip;
+              iov[n_iov].iov_len = item->iov[i].iov_len - skip;
+              skip = 0;
+              n_iov++;
+            }
+        }
+      msg.msg_iov = iov;
+      msg.msg_iovlen = n_iov;
+      written = sendmsg (self->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (written < 0)
+        {
+          if (errno == EINTR)
+            continue;
+          if (errno == EAGAIN || errno == EWOULDBLOCK)
+            break;
+          fail (self, "write failed: %s", g_strerror (errno));
+          return;
+        }
+      self->out_offset += (gsize) written;
+      while (self->out_queue.head != NULL)
+        {
+          OutItem *item = self->out_queue.head->data;
+          if (self->out_offset < item->total)
+            break;
+          self->out_offset -= item->total;
+          g_queue_unlink (&self->out_queue, &item->link);
+          if (item->standalone)
+            g_free (item);
+          else
+            ((Pending *) item)->queued = FALSE;
+        }
+    }
+  update_condition (self);
+}
+
+static void
+queue_item (PbRemoteDevice *self, OutItem *item)
+{
+  item->total = 0;
+  for (guint i = 0; i < item->n_iov; i++)
+    item->total += item->iov[i].iov_len;
+  item->link.data = item;
+  g_queue_push_tail_link (&self->out_queue, &item->link);
+  flush_output (self);
+}
+
+/* ---- input ---- */
+
+static void
+finish_reading (PbRemoteDevice *self)
+{
+  Pending *pending = self->reading;
+  PbUsbipUrbHeader *h = &self->reading_header;
+
+  self->reading = NULL;
+  self->read_state = READ_HEADER;
+  self->header_filled = 0;
+
+  if (pending->request.n_iso_packets > 0)
+    {
+      PbRemoteUrbRequest *request = &pending->request;
+      g_autoptr(GError) error = NULL;
+      g_autofree PbUsbipIsoPacket *packets = g_new (PbUsbipIsoPacket, request->n_iso_packets);
+      guint64 sum = 0;
+
+      if (!pb_usbip_iso_packets_decode (self->iso_buf, self->iso_need, request->n_iso_packets, request->length,
+                                        packets, &error))
+        {
+          pending_free (pending);
+          fail (self, "bad iso descriptors: %s", error->message);
+          return;
+        }
+      for (guint i = 0; i < request->n_iso_packets; i++)
+        sum += packets[i].actual_length;
+      if (request->direction == PB_USBIP_DIR_IN && sum != h->u.ret_submit.actual_length)
+        {
+          pending_free (pending);
+          fail (self, "iso packets hold %" G_GUINT64_FORMAT " bytes but the reply says %u", sum,
+                h->u.ret_submit.actual_length);
+          return;
+        }
+      if (request->direction == PB_USBIP_DIR_IN)
+        {
+          /* The data came packed: move each packet to its offset, last first. */
+          guint64 position = sum;
+          for (guint i = request->n_iso_packets; i-- > 0;)
+            {
+              position -= packets[i].actual_length;
+              if (packets[i].actual_length > 0 && request->iso_packets[i].offset != position)
+                memmove (request->buffer + request->iso_packets[i].offset, request->buffer + position,
+                         packets[i].actual_length);
+            }
+        }
+      for (guint i = 0; i < request->n_iso_packets; i++)
+        {
+          request->iso_packets[i].actual_length = MIN (packets[i].actual_length, request->iso_packets[i].length);
+          request->iso_packets[i].status = packets[i].status;
+        }
+    }
+  call_back (self, pending, h->u.ret_submit.status, h->u.ret_submit.actual_length, h->u.ret_submit.error_count,
+             h->u.ret_submit.start_frame);
+}
+
+static gboolean
+handle_header (PbRemoteDevice *self)
+{
+  PbUsbipUrbHeader header;
+  g_autoptr(GError) error = NULL;
+
+  if (!pb_usbip_urb_header_decode (self->header_buf, sizeof self->header_buf, &header, &error))
+    {
+      fail (self, "%s", error->message);
+      return FALSE;
+    }
+  if (header.command == PB_USBIP_RET_UNLINK)
+    {
+      gpointer target;
+      Pending *pending;
+
+      self->header_filled = 0;
+      if (!g_hash_table_steal_extended (self->unlinks, GUINT_TO_POINTER (header.seqnum), NULL, &target))
+        {
+          fail (self, "RET_UNLINK for unknown seqnum %u", header.seqnum);
+          return FALSE;
+        }
+      pending = g_hash_table_lookup (self->pending, target);
+      /* Status 0: the target completed first and its RET_SUBMIT already called back. */
+      if (pending != NULL && header.u.ret_unlink.status != 0)
+        {
+          g_hash_table_remove (self->pending, target);
+          call_back (self, pending, header.u.ret_unlink.status, 0, 0, 0);
+        }
+      return TRUE;
+    }
+  if (header.command != PB_USBIP_RET_SUBMIT)
+    {
+      fail (self, "unexpected command %u from the server", header.command);
+      return FALSE;
+    }
+
+  {
+    Pending *pending = g_hash_table_lookup (self->pending, GUINT_TO_POINTER (header.seqnum));
+    PbRemoteUrbRequest *request;
+
+    if (pending == NULL)
+      {
+        fail (self, "RET_SUBMIT for unknown seqnum %u", header.seqnum);
+        return FALSE;
+      }
+    request = &pending->request;
+    if (header.u.ret_submit.actual_length > request->length)
+      {
+        fail (self, "RET_SUBMIT %u claims %u bytes for a %u-byte request", header.seqnum,
+              header.u.ret_submit.actual_length, request->length);
+        return FALSE;
+      }
+    if (request->n_iso_packets > 0 && header.u.ret_submit.number_of_packets != (gint32) request->n_iso_packets &&
+        header.u.ret_submit.status == 0)
+      {
+        fail (self, "RET_SUBMIT %u carries %d iso packets for %u", header.seqnum,
+              header.u.ret_submit.number_of_packets, request->n_iso_packets);
+        return FALSE;
+      }
+    g_hash_table_steal (self->pending, GUINT_TO_POINTER (header.seqnum));
+    /* Servers zero the direction: it is the request's. */
+    header.direction = request->direction;
+    self->reading = pending;
+    self->reading_header = header;
+    self->payload_filled = 0;
+    self->iso_filled = 0;
+    self->iso_need = request->n_iso_packets > 0 && header.u.ret_submit.number_of_packets > 0
+                       ? (gsize) request->n_iso_packets * PB_USBIP_ISO_PACKET_SIZE : 0;
+    if (self->iso_need > 0)
+      self->iso_buf = g_realloc (self->iso_buf, self->iso_need);
+    if (pb_usbip_urb_payload_length (&header) > 0)
+      self->read_state = READ_PAYLOAD;
+    else if (self->iso_need > 0)
+      self->read_state = READ_ISO;
+    else
+      finish_reading (self);
+  }
+  return TRUE;
+}
+
+static void
+read_socket (PbRemoteDevice *self)
+{
+  for (int round = 0; round < READS_PER_WAKEUP && !self->closed; round++)
+    {
+      guint8 *target;
+      gsize want;
+      gssize n;
+
+      switch (self->read_state)
+        {
+        case READ_HEADER:
+          target = self->header_buf + self->header_filled;
+          want = sizeof self->header_buf - self->header_filled;
+          break;
+        case READ_PAYLOAD:
+          target = self->reading->request.buffer + self->payload_filled;
+          want = self->reading_header.u.ret_submit.actual_length - self->payload_filled;
+          break;
+        case READ_ISO:
+        default:
+          target = self->iso_buf + self->iso_filled;
+          want = self->iso_need - self->iso_filled;
+          break;
+        }
+      n = recv (self->fd, target, want, MSG_DONTWAIT);
+      if (n == 0)
+        {
+          fail (self, "the server closed the connection");
+          return;
+        }
+      if (n < 0)
+        {
+          if (errno == EINTR)
+            continue;
+          if (errno != EAGAIN && errno != EWOULDBLOCK)
+            fail (self, "read failed: %s", g_strerror (errno));
+          return;
+        }
+      switch (self->read_state)
+        {
+        case READ_HEADER:
+          self->header_filled += (gsize) n;
+          if (self->header_filled == sizeof self->header_buf && !handle_header (self))
+            return;
+          break;
+        case READ_PAYLOAD:
+          self->payload_filled += (gsize) n;
+          if (self->payload_filled == self->reading_header.u.ret_submit.actual_length)
+            {
+              if (self->iso_need > 0)
+                self->read_state = READ_ISO;
+              else
+                finish_reading (self);
+            }
+          break;
+        case READ_ISO:
+          self->iso_filled += (gsize) n;
+          if (self->iso_filled == self->iso_need)
+            finish_reading (self);
+          break;
+        }
+    }
+}
+
+typedef struct {
+  GSource source;
+  PbRemoteDevice *device; /* unowned: the device destroys the source first */
+} DeviceSource;
+
+static gboolean
+fd_source_dispatch (GSource *source, GSourceFunc callback, gpointer user_data)
+{
+  PbRemoteDevice *self = g_object_ref (((DeviceSource *) source)->device);
+  GIOCondition condition = g_source_query_unix_fd (source, self->fd_tag);
+
+  if (condition & G_IO_OUT)
+    flush_output (self);
+  if (!self->closed && (condition & (G_IO_IN | G_IO_HUP | G_IO_ERR)))
+    read_socket (self);
+  g_object_unref (self);
+  return G_SOURCE_CONTINUE;
+}
+
+static GSourceFuncs fd_source_funcs = { .dispatch = fd_source_dispatch };
+
+/* ---- public ---- */
+
+static PbRemoteDevice *
+remote_device_new (GSocketConnection *connection, GSocket *socket, const PbUsbipDeviceRecord *record)
+{
+  PbRemoteDevice *self = g_object_new (PB_TYPE_REMOTE_DEVICE, NULL);
+  int one = 1;
+
+  self->connection = connection != NULL ? g_object_ref (connection) : NULL;
+  self->socket = g_object_ref (socket);
+  self->fd = g_socket_get_fd (socket);
+  self->record = *record;
+  g_socket_set_blocking (socket, FALSE);
+  if (g_socket_get_family (socket) != G_SOCKET_FAMILY_UNIX)
+    setsockopt (self->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+
+  self->context = g_main_context_ref_thread_default ();
+  self->fd_source = g_source_new (&fd_source_funcs, sizeof (DeviceSource));
+  ((DeviceSource *) self->fd_source)->device = self;
+  self->fd_tag = g_source_add_unix_fd (self->fd_source, self->fd, G_IO_IN);
+  self->fd_condition = G_IO_IN;
+  g_source_set_name (self->fd_source, "PbRemoteDevice socket");
+  g_source_attach (self->fd_source, self->context);
+  return self;
+}
+
+PbRemoteDevice *
+pb_remote_device_new (GSocketConnection *connection, const PbUsbipDeviceRecord *record)
+{
+  g_return_val_if_fail (G_IS_SOCKET_CONNECTION (connection), NULL);
+  return remote_device_new (connection, g_socket_connection_get_socket (connection), record);
+}
+
+PbRemoteDevice *
+pb_remote_device_new_for_socket (GSocket *socket, const PbUsbipDeviceRecord *record)
+{
+  g_return_val_if_fail (G_IS_SOCKET (socket), NULL);
+  return remote_device_new (NULL, socket, record);
+}
+
+const PbUsbipDeviceRecord *
+pb_remote_device_get_record (PbRemoteDevice *self)
+{
+  g_return_val_if_fail (PB_IS_REMOTE_DEVICE (self), NULL);
+  return &self->record;
+}
+
+static guint32
+take_seqnum (PbRemoteDevice *self)
+{
+  guint32 seqnum = self->next_seqnum++;
+  if (seqnum == 0)
+    seqnum = self->next_seqnum++;
+  return seqnum;
+}
+
+guint32
+pb_remote_device_submit (PbRemoteDevice *self, const PbRemoteUrbRequest *request, PbRemoteUrbCallback callback,
+                         gpointer user_data, GError **error)
+{
+  PbUsbipUrbHeader header = { 0 };
+  Pending *pending;
+
+  g_return_val_if_fail (PB_IS_REMOTE_DEVICE (self), 0);
+  g_return_val_if_fail (request != NULL, 0);
+
+  if (self->closed)
+    {
+      g_set_error (error, PB_ERROR, PB_ERROR_CLOSED, "the connection to %s is closed", self->record.busid);
+      return 0;
+    }
+  if (request->ep > 15 || request->length > PB_USBIP_MAX_TRANSFER_LENGTH ||
+      request->n_iso_packets > PB_USBIP_MAX_ISO_PACKETS || (request->length > 0 && request->buffer == NULL) ||
+      (request->n_iso_packets > 0 && request->iso_packets == NULL))
+    {
+      g_set_error (error, PB_ERROR, PB_ERROR_INVALID_ARGUMENT, "invalid URB request (ep %u, %u bytes, %u iso packets)",
+                   request->ep, request->length, request->n_iso_packets);
+      return 0;
+    }
+
+  pending = g_new0 (Pending, 1);
+  pending->seqnum = take_seqnum (self);
+  pending->request = *request;
+  pending->callback = callback;
+  pending->user_data = user_data;
+
+  header.command = PB_USBIP_CMD_SUBMIT;
+  header.seqnum = pending->seqnum;
+  header.devid = (self->record.busnum << 16) | (self->record.devnum & 0xffff);
+  header.direction = request->direction;
+  header.ep = request->ep;
+  header.u.cmd_submit.transfer_flags = request->transfer_flags | (request->direction == PB_USBIP_DIR_IN ? PB_USBIP_URB_DIR_IN : 0);
+  header.u.cmd_submit.transfer_buffer_length = request->length;
+  header.u.cmd_submit.start_frame = request->start_frame;
+  header.u.cmd_submit.number_of_packets = (gint32) request->n_iso_packets;
+  header.u.cmd_submit.interval = request->interval;
+  memcpy (header.u.cmd_submit.setup, request->setup, 8);
+  pb_usbip_urb_header_encode (&header, pending->out.header);
+
+  pending->out.iov[0] = (struct iovec) { pending->out.header, PB_USBIP_URB_HEADER_SIZE };
+  pending->out.n_iov = 1;
+  if (request->direction == PB_USBIP_DIR_OUT && request->length > 0)
+    pending->out.iov[pending->out.n_iov++] = (struct iovec) { request->buffer, request->length };
+  if (request->n_iso_packets > 0)
+    {
+      gsize size = (gsize) request->n_iso_packets * PB_USBIP_ISO_PACKET_SIZE;
+      pending->iso_wire = g_malloc (size);
+      pb_usbip_iso_packets_encode (request->iso_packets, request->n_iso_packets, pending->iso_wire);
+      pending->out.iov[pending->out.n_iov++] = (struct iovec) { pending->iso_wire, size };
+    }
+  pending->queued = TRUE;
+  g_hash_table_insert (self->pending, GUINT_TO_POINTER (pending->seqnum), pending);
+  queue_item (self, &pending->out);
+  return pending->seqnum;
+}
+
+gboolean
+pb_remote_device_unlink (PbRemoteDevice *self, guint32 seqnum, GError **error)
+{
+  PbUsbipUrbHeader header = { 0 };
+  OutItem *item;
+
+  g_return_val_if_fail (PB_IS_REMOTE_DEVICE (self), FALSE);
+
+  if (self->closed)
+    {
+      g_set_error (error, PB_ERROR, PB_ERROR_CLOSED, "the connection to %s is closed", self->record.busid);
+      return FALSE;
+    }
+  item = g_new0 (OutItem, 1);
+  item->standalone = TRUE;
+  header.command = PB_USBIP_CMD_UNLINK;
+  header.seqnum = take_seqnum (self);
+  header.devid = (self->record.busnum << 16) | (self->record.devnum & 0xffff);
+  header.u.cmd_unlink.unlink_seqnum = seqnum;
+  pb_usbip_urb_header_encode (&header, item->header);
+  item->iov[0] = (struct iovec) { item->header, PB_USBIP_URB_HEADER_SIZE };
+  item->n_iov = 1;
+  g_hash_table_insert (self->unlinks, GUINT_TO_POINTER (header.seqnum), GUINT_TO_POINTER (seqnum));
+  queue_item (self, item);
+  return TRUE;
+}
+
+typedef struct {
+  gboolean done;
+  gboolean timed_out;
+  PbRemoteUrbResult result;
+} SyncWait;
+
+static void
+on_sync_done (PbRemoteDevice *device, const PbRemoteUrbResult *result, gpointer user_data)
+{
+  SyncWait *wait = user_data;
+  wait->result = *result;
+  wait->done = TRUE;
+}
+
+static gboolean
+on_sync_timeout (gpointer user_data)
+{
+  ((SyncWait *) user_data)->timed_out = TRUE;
+  return G_SOURCE_REMOVE;
+}
+
+static const char *
+status_name (gint32 status)
+{
+  switch (status)
+    {
+    case PB_URB_EPIPE: return "stall (-EPIPE)";
+    case PB_URB_ECONNRESET: return "unlinked (-ECONNRESET)";
+    case PB_URB_ESHUTDOWN: return "connection closed (-ESHUTDOWN)";
+    case PB_URB_ENODEV: return "device gone (-ENODEV)";
+    case PB_URB_EOVERFLOW: return "babble (-EOVERFLOW)";
+    case PB_URB_ETIMEDOUT: return "timed out (-ETIMEDOUT)";
+    case PB_URB_EPROTO: return "protocol error (-EPROTO)";
+    case PB_URB_EILSEQ: return "CRC error (-EILSEQ)";
+    case PB_URB_EREMOTEIO: return "short transfer (-EREMOTEIO)";
+    default: return "error";
+    }
+}
+
+static gboolean
+submit_and_wait (PbRemoteDevice *self, const PbRemoteUrbRequest *request, guint32 *actual_length, guint timeout_ms,
+                 gint32 *status_out, GError **error)
+{
+  SyncWait wait = { 0 };
+  GSource *timeout = NULL;
+  guint32 seqnum;
+
+  seqnum = pb_remote_device_submit (self, request, on_sync_done, &wait, error);
+  if (seqnum == 0)
+    return FALSE;
+  if (timeout_ms > 0)
+    {
+      timeout = g_timeout_source_new (timeout_ms);
+      g_source_set_callback (timeout, on_sync_timeout, &wait, NULL);
+      g_source_attach (timeout, self->context);
+    }
+  while (!wait.done)
+    {
+      if (wait.timed_out && timeout != NULL)
+        {
+          g_source_destroy (timeout);
+          g_clear_pointer (&timeout, g_source_unref);
+          if (!pb_remote_device_unlink (self, seqnum, NULL))
+            break;
+        }
+      g_main_context_iteration (self->context, TRUE);
+    }
+  if (timeout != NULL)
+    {
+      g_source_destroy (timeout);
+      g_source_unref (timeout);
+    }
+  if (status_out != NULL)
+    *status_out = wait.result.status;
+  if (actual_length != NULL)
+    *actual_length = wait.result.actual_length;
+  if (wait.timed_out)
+    {
+      g_set_error (error, PB_ERROR, PB_ERROR_TIMED_OUT, "no answer from %s within %u ms", self->record.busid,
+                   timeout_ms);
+      return FALSE;
+    }
+  if (wait.result.status != 0)
+    {
+      g_set_error (error, PB_ERROR, PB_ERROR_DEVICE, "transfer failed: %s (%d)", status_name (wait.result.status),
+                   wait.result.status);
+      return FALSE;
+    }
+  return TRUE;
+}
+
+gboolean
+pb_remote_device_control (PbRemoteDevice *self, guint8 request_type, guint8 request, guint16 value, guint16 index,
+                          guint8 *data, guint16 length, guint32 *actual_length, guint timeout_ms, gint32 *status_out,
+                          GError **error)
+{
+  PbRemoteUrbRequest urb = { 0 };
+
+  g_return_val_if_fail (PB_IS_REMOTE_DEVICE (self), FALSE);
+
+  urb.ep = 0;
+  urb.direction = (request_type & 0x80) ? PB_USBIP_DIR_IN : PB_USBIP_DIR_OUT;
+  urb.setup[0] = request_type;
+  urb.setup[1] = request;
+  urb.setup[2] = value & 0xff;
+  urb.setup[3] = value >> 8;
+  urb.setup[4] = index & 0xff;
+  urb.setup[5] = index >> 8;
+  urb.setup[6] = length & 0xff;
+  urb.setup[7] = length >> 8;
+  urb.buffer = data;
+  urb.length = length;
+  return submit_and_wait (self, &urb, actual_length, timeout_ms, status_out, error);
+}
+
+gboolean
+pb_remote_device_transfer (PbRemoteDevice *self, guint ep, PbUsbipDirection direction, guint8 *data, guint32 length,
+                           guint32 *actual_length, guint timeout_ms, gint32 *status_out, GError **error)
+{
+  PbRemoteUrbRequest urb = { 0 };
+
+  g_return_val_if_fail (PB_IS_REMOTE_DEVICE (self), FALSE);
+
+  urb.ep = ep;
+  urb.direction = direction;
+  urb.buffer = data;
+  urb.length = length;
+  return submit_and_wait (self, &urb, actual_length, timeout_ms, status_out, error);
+}
+
+guint
+pb_remote_device_get_pending (PbRemoteDevice *self)
+{
+  g_return_val_if_fail (PB_IS_REMOTE_DEVICE (self), 0);
+  return g_hash_table_size (self->pending) + (self->reading != NULL ? 1 : 0);
+}
+
+void
+pb_remote_device_close (PbRemoteDevice *self)
+{
+  g_return_if_fail (PB_IS_REMOTE_DEVICE (self));
+  shut_down (self);
+  if (self->connection != NULL)
+    g_io_stream_close (G_IO_STREAM (self->connection), NULL, NULL);
+}
+
+gboolean
+pb_remote_device_is_closed (PbRemoteDevice *self)
+{
+  g_return_val_if_fail (PB_IS_REMOTE_DEVICE (self), TRUE);
+  return self->closed;
+}
+
+static void
+pb_remote_device_dispose (GObject *object)
+{
+  PbRemoteDevice *self = PB_REMOTE_DEVICE (object);
+
+  if (self->socket != NULL)
+    pb_remote_device_close (self);
+  G_OBJECT_CLASS (pb_remote_device_parent_class)->dispose (object);
+}
+
+static void
+pb_remote_device_finalize (GObject *object)
+{
+  PbRemoteDevice *self = PB_REMOTE_DEVICE (object);
+
+  g_hash_table_unref (self->pending);
+  g_hash_table_unref (self->unlinks);
+  g_free (self->iso_buf);
+  g_clear_object (&self->socket);
+  g_clear_object (&self->connection);
+  g_clear_pointer (&self->context, g_main_context_unref);
+  G_OBJECT_CLASS (pb_remote_device_parent_class)->finalize (object);
+}
+
+static void
+pb_remote_device_class_init (PbRemoteDeviceClass *klass)
+{
+  G_OBJECT_CLASS (klass)->dispose = pb_remote_device_dispose;
+  G_OBJECT_CLASS (klass)->finalize = pb_remote_device_finalize;
+}
+
+static void
+pb_remote_device_init (PbRemoteDevice *self)
+{
+  self->next_seqnum = 1;
+  self->pending = g_hash_table_new (g_direct_hash, g_direct_equal);
+  self->unlinks = g_hash_table_new (g_direct_hash, g_direct_equal);
+}

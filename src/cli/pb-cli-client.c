@@ -95,16 +95,6 @@ printable (const char *text)
   return g_string_free (out, FALSE);
 }
 
-/* pb_remote_connect() reports an unknown host as PB_ERROR_NOT_FOUND, which on its own would
- * read as "no such bus ID" (exit 4): while connecting it means the server is unreachable. */
-static int
-exit_code_for_connect_error (const GError *error)
-{
-  if (g_error_matches (error, PB_ERROR, PB_ERROR_NOT_FOUND))
-    return PB_EXIT_UNREACHABLE;
-  return pb_cli_exit_code_for_error (error);
-}
-
 static gboolean
 parse_port (const char *verb, gint port)
 {
@@ -189,12 +179,11 @@ pb_cli_list (int argc, char **argv)
   if (!parse_port ("list", port))
     return PB_EXIT_USAGE;
 
-  /* A devlist names no bus ID: every NOT_FOUND here is about the host. */
   devices = pb_remote_list_devices (host, (guint16) port, NULL, &error);
   if (devices == NULL)
     {
       fprintf (stderr, "plugboard list: %s\n", error->message);
-      return exit_code_for_connect_error (error);
+      return pb_cli_exit_code_for_error (error);
     }
 
   shown_host = printable (host);
@@ -849,7 +838,7 @@ pb_cli_probe (int argc, char **argv)
   if (connection == NULL)
     {
       fprintf (stderr, "plugboard probe: %s\n", error->message);
-      return exit_code_for_connect_error (error);
+      return pb_cli_exit_code_for_error (error);
     }
   if (!pb_remote_import_on (connection, busid, &record, NULL, &error))
     {

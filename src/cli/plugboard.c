@@ -46,6 +46,7 @@ pb_cli_exit_code_for_error (const GError *error)
   switch ((PbError) error->code)
     {
     case PB_ERROR_REFUSED:
+    case PB_ERROR_UNREACHABLE:
     case PB_ERROR_TIMED_OUT:
       return PB_EXIT_UNREACHABLE;
     case PB_ERROR_NOT_FOUND:

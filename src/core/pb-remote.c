@@ -17,8 +17,8 @@ map_connect_error (const GError *error, const char *host, guint16 port)
     return g_error_new (PB_ERROR, PB_ERROR_TIMED_OUT, "no answer from %s port %u within %d s", host, port,
                         PB_REMOTE_TIMEOUT_SECONDS);
   if (error->domain == G_RESOLVER_ERROR)
-    return g_error_new (PB_ERROR, PB_ERROR_NOT_FOUND, "unknown host %s: %s", host, error->message);
-  return g_error_new (PB_ERROR, PB_ERROR_REFUSED, "cannot connect to %s port %u: %s", host, port, error->message);
+    return g_error_new (PB_ERROR, PB_ERROR_UNREACHABLE, "unknown host %s: %s", host, error->message);
+  return g_error_new (PB_ERROR, PB_ERROR_UNREACHABLE, "cannot connect to %s port %u: %s", host, port, error->message);
 }
 
 GSocketConnection *

@@ -13,7 +13,7 @@ G_BEGIN_DECLS
 #define PB_REMOTE_TIMEOUT_SECONDS 10
 
 /* Opens a TCP connection to host:port (TCP_NODELAY, keepalive). Errors name the cause:
- * PB_ERROR_REFUSED "connection to HOST:PORT refused", PB_ERROR_NOT_FOUND unknown host,
+ * PB_ERROR_REFUSED "connection to HOST:PORT refused", PB_ERROR_UNREACHABLE unknown host or no route,
  * PB_ERROR_TIMED_OUT. */
 GSocketConnection *pb_remote_connect (const char *host, guint16 port, GCancellable *cancellable, GError **error);
 

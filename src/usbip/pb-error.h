@@ -20,6 +20,7 @@ typedef enum {
   PB_ERROR_NOT_AUTHORIZED,    /* polkit said no */
   PB_ERROR_INVALID_ARGUMENT,  /* the caller's input is wrong (bad option, bad descriptor) */
   PB_ERROR_TIMED_OUT,
+  PB_ERROR_UNREACHABLE,       /* unknown host, no route */
 } PbError;
 
 GQuark pb_error_quark (void);

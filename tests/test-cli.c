@@ -229,7 +229,7 @@ static void
 test_list_refused (void)
 {
   guint16 port;
-  g_autoptr(GSocket) reserved = reserve_closed_port (&port);
+  g_autoptr(GSocket) reserved G_GNUC_UNUSED = reserve_closed_port (&port);
   g_autofree char *port_text = g_strdup_printf ("%u", port);
   g_auto(Run) run = { 0 };
 
@@ -244,7 +244,7 @@ static void
 test_probe_refused (void)
 {
   guint16 port;
-  g_autoptr(GSocket) reserved = reserve_closed_port (&port);
+  g_autoptr(GSocket) reserved G_GNUC_UNUSED = reserve_closed_port (&port);
   g_autofree char *port_text = g_strdup_printf ("%u", port);
   g_auto(Run) run = { 0 };
 

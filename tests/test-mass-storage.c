@@ -360,7 +360,10 @@ test_default_image (void)
   close (fd);
   g_assert_true (g_file_set_contents (path, contents, PB_DEFAULT_IMAGE_SIZE, &error));
 
-  if (g_find_program_in_path ("fsck.fat") == NULL || g_find_program_in_path ("mtype") == NULL)
+  g_autofree char *fsck_path = g_find_program_in_path ("fsck.fat");
+  g_autofree char *mtype_path = g_find_program_in_path ("mtype");
+
+  if (fsck_path == NULL || mtype_path == NULL)
     {
       g_test_skip ("dosfstools and mtools are needed (tools/install-deps installs them)");
     }

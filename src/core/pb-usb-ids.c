@@ -94,7 +94,13 @@ parse_contents (PbUsbIds *ids, const char *contents, gsize length)
 {
   Section section = SECTION_NONE;
   gint vendor = -1, class_code = -1, subclass = -1;
-  const char *p = contents, *end = contents + length;
+  const char *p, *end;
+
+  /* An empty mapping has no address at all: no arithmetic on it. */
+  if (contents == NULL || length == 0)
+    return;
+  p = contents;
+  end = contents + length;
 
   while (p < end)
     {

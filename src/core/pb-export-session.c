@@ -76,6 +76,7 @@ struct _PbExportSession {
   gboolean write_blocked;
   GIOCondition fd_condition;
   gboolean reading_paused;
+  gboolean in_dispatch;
 
   gboolean started;
   gboolean closing;
@@ -576,9 +577,11 @@ read_socket (PbExportSession *self)
         {
           /* Large OUT payloads go straight into the URB's buffer: one copy fewer. */
           SessionUrb *su = self->reading;
-          n = recv (self->fd, su->urb.buffer + self->read_filled, su->urb.length - self->read_filled, MSG_DONTWAIT);
+          gsize want = su->urb.length - self->read_filled;
+          n = recv (self->fd, su->urb.buffer + self->read_filled, want, MSG_DONTWAIT);
           if (n > 0)
             {
+              gboolean drained = (gsize) n < want;
               self->read_filled += (guint32) n;
               if (self->read_filled == su->urb.length)
                 {
@@ -589,6 +592,9 @@ read_socket (PbExportSession *self)
                 }
               if (!process_input (self))
                 return FALSE;
+              /* A short read means the socket is empty: skip the recv that would say EAGAIN. */
+              if (drained)
+                return TRUE;
               continue;
             }
         }
@@ -607,9 +613,12 @@ read_socket (PbExportSession *self)
           n = recv (self->fd, self->inbuf + self->in_end, INPUT_BUFFER_SIZE - self->in_end, MSG_DONTWAIT);
           if (n > 0)
             {
+              gboolean drained = (gsize) n < INPUT_BUFFER_SIZE - self->in_end;
               self->in_end += (gsize) n;
               if (!process_input (self))
                 return FALSE;
+              if (drained)
+                return TRUE;
               continue;
             }
         }
@@ -651,7 +660,12 @@ on_fd_ready (gint fd, GIOCondition condition, gpointer user_data)
   /* A signal handler may drop the last reference while we are inside. */
   PbExportSession *self = g_object_ref (user_data);
 
-  handle_socket_ready (self, condition);
+  if (!self->in_dispatch)
+    {
+      self->in_dispatch = TRUE;
+      handle_socket_ready (self, condition);
+      self->in_dispatch = FALSE;
+    }
   g_object_unref (self);
   return G_SOURCE_CONTINUE;
 }
@@ -854,6 +868,9 @@ pb_export_session_start (PbExportSession *self, GError **error)
   self->fd_condition = G_IO_IN;
   g_source_set_callback (self->fd_source, (GSourceFunc) (void (*) (void)) on_fd_ready, self, NULL);
   g_source_set_name (self->fd_source, "PbExportSession socket");
+  /* A blocked (non-recursive) source is taken out of the poll set and put back around every
+   * dispatch, which costs two wakeup writes per request; in_dispatch guards re-entry instead. */
+  g_source_set_can_recurse (self->fd_source, TRUE);
   g_source_attach (self->fd_source, self->context);
   return TRUE;
 }

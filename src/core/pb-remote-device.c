@@ -12,6 +12,7 @@
 
 #define MAX_IOV 64
 #define READS_PER_WAKEUP 16
+#define STAGE_SIZE (64 * 1024)
 
 typedef struct {
   GList link;                 /* in the output queue */
@@ -66,8 +67,10 @@ struct _PbRemoteDevice {
   gsize payload_filled;
   guint8 *iso_buf;
   gsize iso_filled, iso_need;
+  guint8 *stage;              /* STAGE_SIZE bytes of received, not yet consumed input */
 
   gboolean closed;
+  gboolean in_dispatch;
 };
 
 G_DEFINE_FINAL_TYPE (PbRemoteDevice, pb_remote_device, G_TYPE_OBJECT)
@@ -370,30 +373,67 @@ handle_header (PbRemoteDevice *self)
   return TRUE;
 }
 
+/* Feeds received bytes through the reply state machine. */
+static void
+consume (PbRemoteDevice *self, const guint8 *data, gsize len)
+{
+  while (len > 0 && !self->closed)
+    {
+      gsize take;
+
+      switch (self->read_state)
+        {
+        case READ_HEADER:
+          take = MIN (len, sizeof self->header_buf - self->header_filled);
+          memcpy (self->header_buf + self->header_filled, data, take);
+          self->header_filled += take;
+          if (self->header_filled == sizeof self->header_buf && !handle_header (self))
+            return;
+          break;
+        case READ_PAYLOAD:
+          take = MIN (len, self->reading_header.u.ret_submit.actual_length - self->payload_filled);
+          memcpy (self->reading->request.buffer + self->payload_filled, data, take);
+          self->payload_filled += take;
+          if (self->payload_filled == self->reading_header.u.ret_submit.actual_length)
+            {
+              if (self->iso_need > 0)
+                self->read_state = READ_ISO;
+              else
+                finish_reading (self);
+            }
+          break;
+        case READ_ISO:
+        default:
+          take = MIN (len, self->iso_need - self->iso_filled);
+          memcpy (self->iso_buf + self->iso_filled, data, take);
+          self->iso_filled += take;
+          if (self->iso_filled == self->iso_need)
+            finish_reading (self);
+          break;
+        }
+      data += take;
+      len -= take;
+    }
+}
+
 static void
 read_socket (PbRemoteDevice *self)
 {
   for (int round = 0; round < READS_PER_WAKEUP && !self->closed; round++)
     {
-      guint8 *target;
-      gsize want;
+      gboolean direct = FALSE;
+      guint8 *target = self->stage;
+      gsize want = STAGE_SIZE;
       gssize n;
 
-      switch (self->read_state)
+      /* Large IN data goes straight to the caller's buffer; everything else (headers, short
+       * payloads, iso descriptors) arrives in one read through the staging buffer. */
+      if (self->read_state == READ_PAYLOAD &&
+          self->reading_header.u.ret_submit.actual_length - self->payload_filled >= STAGE_SIZE)
         {
-        case READ_HEADER:
-          target = self->header_buf + self->header_filled;
-          want = sizeof self->header_buf - self->header_filled;
-          break;
-        case READ_PAYLOAD:
+          direct = TRUE;
           target = self->reading->request.buffer + self->payload_filled;
           want = self->reading_header.u.ret_submit.actual_length - self->payload_filled;
-          break;
-        case READ_ISO:
-        default:
-          target = self->iso_buf + self->iso_filled;
-          want = self->iso_need - self->iso_filled;
-          break;
         }
       n = recv (self->fd, target, want, MSG_DONTWAIT);
       if (n == 0)
@@ -409,14 +449,8 @@ read_socket (PbRemoteDevice *self)
             fail (self, "read failed: %s", g_strerror (errno));
           return;
         }
-      switch (self->read_state)
+      if (direct)
         {
-        case READ_HEADER:
-          self->header_filled += (gsize) n;
-          if (self->header_filled == sizeof self->header_buf && !handle_header (self))
-            return;
-          break;
-        case READ_PAYLOAD:
           self->payload_filled += (gsize) n;
           if (self->payload_filled == self->reading_header.u.ret_submit.actual_length)
             {
@@ -425,13 +459,12 @@ read_socket (PbRemoteDevice *self)
               else
                 finish_reading (self);
             }
-          break;
-        case READ_ISO:
-          self->iso_filled += (gsize) n;
-          if (self->iso_filled == self->iso_need)
-            finish_reading (self);
-          break;
         }
+      else
+        consume (self, self->stage, (gsize) n);
+      /* A short read means the socket is empty: skip the recv that would say EAGAIN. */
+      if ((gsize) n < want)
+        return;
     }
 }
 
@@ -446,10 +479,16 @@ fd_source_dispatch (GSource *source, GSourceFunc callback, gpointer user_data)
   PbRemoteDevice *self = g_object_ref (((DeviceSource *) source)->device);
   GIOCondition condition = g_source_query_unix_fd (source, self->fd_tag);
 
-  if (condition & G_IO_OUT)
-    flush_output (self);
-  if (!self->closed && (condition & (G_IO_IN | G_IO_HUP | G_IO_ERR)))
-    read_socket (self);
+  /* A callback that iterates the main context must not re-enter the reader mid-message. */
+  if (!self->in_dispatch)
+    {
+      self->in_dispatch = TRUE;
+      if (condition & G_IO_OUT)
+        flush_output (self);
+      if (!self->closed && (condition & (G_IO_IN | G_IO_HUP | G_IO_ERR)))
+        read_socket (self);
+      self->in_dispatch = FALSE;
+    }
   g_object_unref (self);
   return G_SOURCE_CONTINUE;
 }
@@ -478,6 +517,9 @@ remote_device_new (GSocketConnection *connection, GSocket *socket, const PbUsbip
   self->fd_tag = g_source_add_unix_fd (self->fd_source, self->fd, G_IO_IN);
   self->fd_condition = G_IO_IN;
   g_source_set_name (self->fd_source, "PbRemoteDevice socket");
+  /* Blocking the source around each dispatch would cost two wakeups per reply; in_dispatch
+   * guards re-entry instead. */
+  g_source_set_can_recurse (self->fd_source, TRUE);
   g_source_attach (self->fd_source, self->context);
   return self;
 }
@@ -770,6 +812,7 @@ pb_remote_device_finalize (GObject *object)
   g_hash_table_unref (self->pending);
   g_hash_table_unref (self->unlinks);
   g_free (self->iso_buf);
+  g_free (self->stage);
   g_clear_object (&self->socket);
   g_clear_object (&self->connection);
   g_clear_pointer (&self->context, g_main_context_unref);
@@ -787,6 +830,7 @@ static void
 pb_remote_device_init (PbRemoteDevice *self)
 {
   self->next_seqnum = 1;
+  self->stage = g_malloc (STAGE_SIZE);
   self->pending = g_hash_table_new (g_direct_hash, g_direct_equal);
   self->unlinks = g_hash_table_new (g_direct_hash, g_direct_equal);
 }

@@ -187,32 +187,58 @@ latency_of (gint64 *samples, guint n)
   return (Latency) { samples[n / 2] / 1000.0, samples[(n * 99) / 100] / 1000.0 };
 }
 
-static Latency
-bare_ping_pong (void)
+/* Bare TCP ping-pong and the full stack alternate round by round, so that whatever else the
+ * machine is doing weighs on both figures alike. */
+typedef struct {
+  Latency bare;
+  Latency stack;
+} ControlFigures;
+
+static gint64
+elapsed_ns (const struct timespec *a, const struct timespec *b)
+{
+  return (b->tv_sec - a->tv_sec) * 1000000000LL + (b->tv_nsec - a->tv_nsec);
+}
+
+static ControlFigures
+control_round_trips (PbRemoteDevice *device)
 {
   BareServer bs = { .request_size = PB_USBIP_URB_HEADER_SIZE, .reply_size = PB_USBIP_URB_HEADER_SIZE + 18 };
+  g_autofree gint64 *bare = g_new (gint64, CONTROL_ROUNDS);
+  g_autofree gint64 *stack = g_new (gint64, CONTROL_ROUNDS);
+  guint8 buf[256] = { 0 };
+  ControlFigures figures;
   guint16 port;
   GThread *thread;
   int fd;
-  guint8 buf[256] = { 0 };
-  g_autofree gint64 *samples = g_new (gint64, CONTROL_ROUNDS);
 
   bs.listen_fd = tcp_listen_loopback (&port);
   thread = g_thread_new ("bare-ping-pong", bare_server_main, &bs);
   fd = tcp_connect_loopback (port);
   for (guint i = 0; i < CONTROL_ROUNDS; i++)
     {
-      struct timespec a, b;
+      g_autoptr(GError) error = NULL;
+      guint32 actual = 0;
+      struct timespec a, b, c;
+
       clock_gettime (CLOCK_MONOTONIC, &a);
       if (!write_full (fd, buf, bs.request_size) || !read_full (fd, buf, bs.reply_size))
         g_error ("bare ping-pong failed");
       clock_gettime (CLOCK_MONOTONIC, &b);
-      samples[i] = (b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec);
+      if (!pb_remote_device_control (device, 0x80, PB_USB_REQ_GET_DESCRIPTOR, PB_USB_DT_DEVICE << 8, 0, buf, 18,
+                                     &actual, 5000, NULL, &error) ||
+          actual != 18)
+        g_error ("GET_DESCRIPTOR failed: %s", error != NULL ? error->message : "short");
+      clock_gettime (CLOCK_MONOTONIC, &c);
+      bare[i] = elapsed_ns (&a, &b);
+      stack[i] = elapsed_ns (&b, &c);
     }
   close (fd);
   g_thread_join (thread);
   close (bs.listen_fd);
-  return latency_of (samples, CONTROL_ROUNDS);
+  figures.bare = latency_of (bare, CONTROL_ROUNDS);
+  figures.stack = latency_of (stack, CONTROL_ROUNDS);
+  return figures;
 }
 
 static double
@@ -243,29 +269,6 @@ bare_stream_mbps (gsize chunk)
 }
 
 /* ---- the full stack ---- */
-
-static Latency
-stack_control (PbRemoteDevice *device)
-{
-  g_autofree gint64 *samples = g_new (gint64, CONTROL_ROUNDS);
-  guint8 descriptor[18];
-
-  for (guint i = 0; i < CONTROL_ROUNDS; i++)
-    {
-      g_autoptr(GError) error = NULL;
-      guint32 actual = 0;
-      struct timespec a, b;
-
-      clock_gettime (CLOCK_MONOTONIC, &a);
-      if (!pb_remote_device_control (device, 0x80, PB_USB_REQ_GET_DESCRIPTOR, PB_USB_DT_DEVICE << 8, 0, descriptor,
-                                     sizeof descriptor, &actual, 5000, NULL, &error) ||
-          actual != 18)
-        g_error ("GET_DESCRIPTOR failed: %s", error != NULL ? error->message : "short");
-      clock_gettime (CLOCK_MONOTONIC, &b);
-      samples[i] = (b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec);
-    }
-  return latency_of (samples, CONTROL_ROUNDS);
-}
 
 typedef struct {
   PbRemoteDevice *device;
@@ -335,7 +338,7 @@ main (int argc, char **argv)
   GThread *thread;
   g_autoptr(GError) error = NULL;
   g_autoptr(PbRemoteDevice) device = NULL;
-  Latency bare, stack;
+  ControlFigures control;
   static const guint in_flight[] = { 1, 4, 16 };
   guint32 urb_size = 256 * 1024;
 
@@ -360,16 +363,16 @@ main (int argc, char **argv)
 
   printf ("plugboard-bench: loopback TCP, server on its own thread, client on the main thread\n\n");
   printf ("control transfer round trip (GET_DESCRIPTOR device, %d rounds)\n", CONTROL_ROUNDS);
-  bare = bare_ping_pong ();
-  stack = stack_control (device);
-  printf ("  bare TCP ping-pong 48/66 bytes   p50 %7.1f us   p99 %7.1f us\n", bare.p50_us, bare.p99_us);
-  printf ("  plugboard full stack             p50 %7.1f us   p99 %7.1f us\n", stack.p50_us, stack.p99_us);
-  printf ("  ratio (stack / bare)             p50 %7.2fx      p99 %7.2fx\n\n", stack.p50_us / bare.p50_us,
-          stack.p99_us / bare.p99_us);
+  control = control_round_trips (device);
+  printf ("  bare TCP ping-pong 48/66 bytes   p50 %7.1f us   p99 %7.1f us\n", control.bare.p50_us, control.bare.p99_us);
+  printf ("  plugboard full stack             p50 %7.1f us   p99 %7.1f us\n", control.stack.p50_us,
+          control.stack.p99_us);
+  printf ("  ratio (stack / bare)             p50 %7.2fx      p99 %7.2fx\n\n", control.stack.p50_us / control.bare.p50_us,
+          control.stack.p99_us / control.bare.p99_us);
 
   printf ("bulk throughput, %u KiB URBs, %.1f s per figure\n", urb_size / 1024, BULK_SECONDS);
+  /* The baseline runs before and after the stack's figures, to show the drift. */
   double bare_mbps = bare_stream_mbps (urb_size);
-  printf ("  bare TCP stream, %u KiB writes    %8.0f MB/s\n", urb_size / 1024, bare_mbps);
   for (guint i = 0; i < G_N_ELEMENTS (in_flight); i++)
     {
       double in_mbps = stack_bulk_mbps (device, PB_USBIP_DIR_IN, in_flight[i], urb_size);
@@ -377,6 +380,11 @@ main (int argc, char **argv)
       printf ("  %2u in flight   IN %8.0f MB/s (%.2fx bare)   OUT %8.0f MB/s (%.2fx bare)\n", in_flight[i],
               in_mbps, in_mbps / bare_mbps, out_mbps, out_mbps / bare_mbps);
     }
+  {
+    double bare_after = bare_stream_mbps (urb_size);
+    printf ("  bare TCP stream, %u KiB writes   %8.0f MB/s before, %.0f MB/s after (ratios above use before)\n",
+            urb_size / 1024, bare_mbps, bare_after);
+  }
 
   pb_remote_device_close (device);
   g_main_loop_quit (st.loop);

@@ -54,7 +54,21 @@ typedef struct {
   GMutex lock;
   GCond ready;
   gboolean started;
+  PbExportSessionStats stats; /* of the last session, to check the client's byte counts */
+  gboolean closed;
 } ServerThread;
+
+static void
+on_session_closed (PbServer *server, PbExportSession *session, const GError *reason, gpointer user_data)
+{
+  ServerThread *st = user_data;
+
+  g_mutex_lock (&st->lock);
+  pb_export_session_get_stats (session, &st->stats);
+  st->closed = TRUE;
+  g_cond_signal (&st->ready);
+  g_mutex_unlock (&st->lock);
+}
 
 static gpointer
 server_thread_main (gpointer data)
@@ -68,6 +82,7 @@ server_thread_main (gpointer data)
                                           configuration, sizeof configuration, &error))
     g_error ("descriptors: %s", error->message);
   st->server = pb_server_new ();
+  g_signal_connect (st->server, "session-closed", G_CALLBACK (on_session_closed), st);
   if (!pb_server_add_device (st->server, PB_DEVICE (device), &error) ||
       !pb_server_listen (st->server, "127.0.0.1", 0, &error))
     g_error ("server: %s", error->message);
@@ -93,6 +108,7 @@ typedef struct {
   gsize request_size;
   gsize reply_size;
   gboolean stream; /* sink everything instead of ping-pong */
+  gsize chunk;     /* read size when sinking: the writer's size, as the stack's reader uses */
 } BareServer;
 
 static int
@@ -160,7 +176,7 @@ bare_server_main (gpointer data)
 
   setsockopt (fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   if (bs->stream)
-    while (read (fd, buf, 1 << 20) > 0)
+    while (read (fd, buf, bs->chunk) > 0)
       ;
   else
     while (read_full (fd, buf, bs->request_size) && write_full (fd, buf, bs->reply_size))
@@ -244,7 +260,7 @@ control_round_trips (PbRemoteDevice *device)
 static double
 bare_stream_mbps (gsize chunk)
 {
-  BareServer bs = { .stream = TRUE };
+  BareServer bs = { .stream = TRUE, .chunk = chunk };
   guint16 port;
   GThread *thread;
   int fd;
@@ -304,6 +320,8 @@ on_bulk_done (PbRemoteDevice *device, const PbRemoteUrbResult *result, gpointer 
     bulk_submit_one (run);
 }
 
+static guint64 client_bytes_in, client_bytes_out;
+
 static double
 stack_bulk_mbps (PbRemoteDevice *device, PbUsbipDirection direction, guint in_flight, guint32 urb_size)
 {
@@ -328,6 +346,10 @@ stack_bulk_mbps (PbRemoteDevice *device, PbUsbipDirection direction, guint in_fl
     g_main_context_iteration (NULL, TRUE);
   if (run.failed_status != 0)
     g_error ("bulk transfer failed with status %d", run.failed_status);
+  if (direction == PB_USBIP_DIR_IN)
+    client_bytes_in += run.bytes;
+  else
+    client_bytes_out += run.bytes;
   return bytes / seconds / 1e6;
 }
 
@@ -387,6 +409,16 @@ main (int argc, char **argv)
   }
 
   pb_remote_device_close (device);
+  /* The server must have moved exactly the bytes the client counted. */
+  g_mutex_lock (&st.lock);
+  while (!st.closed)
+    g_cond_wait (&st.ready, &st.lock);
+  g_mutex_unlock (&st.lock);
+  printf ("  check: server sent %" G_GUINT64_FORMAT " bulk IN bytes (client received %" G_GUINT64_FORMAT
+          "), took %" G_GUINT64_FORMAT " bulk OUT bytes (client sent %" G_GUINT64_FORMAT ")\n",
+          st.stats.bytes_from_device - (guint64) 18 * CONTROL_ROUNDS, client_bytes_in, st.stats.bytes_to_device, client_bytes_out);
+  if (st.stats.bytes_from_device - (guint64) 18 * CONTROL_ROUNDS != client_bytes_in || st.stats.bytes_to_device != client_bytes_out)
+    g_error ("byte counts disagree");
   g_main_loop_quit (st.loop);
   g_thread_join (thread);
   g_main_loop_unref (st.loop);

@@ -10,12 +10,14 @@ from pathlib import Path
 
 passed = failed = skipped = 0
 for build in sys.argv[1:]:
-    log = Path(build) / "meson-logs" / "testlog.json"
-    if not log.exists():
+    # `meson test --setup NAME` writes testlog-NAME.json.
+    logs = sorted((Path(build) / "meson-logs").glob("testlog*.json"))
+    if not logs:
         print(f"{build}: no test log", file=sys.stderr)
         failed += 1
         continue
-    for line in log.read_text().splitlines():
+    lines = [line for log in logs for line in log.read_text().splitlines()]
+    for line in lines:
         entry = json.loads(line)
         result = entry.get("result")
         out = entry.get("stdout") or ""

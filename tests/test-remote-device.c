@@ -100,7 +100,8 @@ server_ret_submit (Fixture *f, guint32 seqnum, gint32 status, guint32 actual, co
   header.u.ret_submit.status = status;
   header.u.ret_submit.actual_length = actual;
   pb_usbip_urb_header_encode (&header, wire);
-  memcpy (wire + PB_USBIP_URB_HEADER_SIZE, payload, payload_len);
+  if (payload_len > 0)
+    memcpy (wire + PB_USBIP_URB_HEADER_SIZE, payload, payload_len);
   server_send (f, wire, PB_USBIP_URB_HEADER_SIZE + payload_len);
 }
 

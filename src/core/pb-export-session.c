@@ -93,6 +93,7 @@ G_DEFINE_FINAL_TYPE (PbExportSession, pb_export_session, G_TYPE_OBJECT)
 static void session_fail (PbExportSession *self, GError *error);
 static void update_fd_condition (PbExportSession *self);
 static void maybe_finish_close (PbExportSession *self);
+static gboolean within_limits (PbExportSession *self);
 
 /* ---- URB pool ---- */
 
@@ -247,12 +248,11 @@ queue_output (PbExportSession *self, OutItem *item)
     item->total += item->iov[i].iov_len;
   g_queue_push_tail_link (&self->out_queue, &item->link);
   self->out_queued_bytes += item->total;
-  gboolean was_over = self->out_queued_bytes - item->total > PB_EXPORT_SESSION_MAX_QUEUED_OUTPUT;
   /* Write at once unless the socket is known to be full: one write per reply, header and
    * payload together. */
   if (!self->write_blocked)
     flush_output (self);
-  if (!was_over && self->out_queued_bytes > PB_EXPORT_SESSION_MAX_QUEUED_OUTPUT)
+  if (!within_limits (self))
     update_fd_condition (self);
 }
 
@@ -459,6 +459,17 @@ handle_cmd_unlink (PbExportSession *self, const PbUsbipUrbHeader *header)
   pb_device_cancel (self->device, &target->urb);
 }
 
+/* Below every limit on what the peer makes us hold. Queued replies are counted in bytes and
+ * in number: a small reply holds far more memory than its 48 wire bytes. */
+static gboolean
+within_limits (PbExportSession *self)
+{
+  return g_hash_table_size (self->in_flight) < PB_EXPORT_SESSION_MAX_IN_FLIGHT &&
+         self->in_flight_bytes < PB_EXPORT_SESSION_MAX_IN_FLIGHT_BYTES &&
+         self->out_queued_bytes <= PB_EXPORT_SESSION_MAX_QUEUED_OUTPUT &&
+         self->out_queue.length < PB_EXPORT_SESSION_MAX_QUEUED_REPLIES;
+}
+
 /* Consumes complete messages from the input buffer. FALSE once the session is failing. */
 static gboolean
 process_input (PbExportSession *self)
@@ -478,9 +489,7 @@ process_input (PbExportSession *self)
             if (available < PB_USBIP_URB_HEADER_SIZE)
               return TRUE;
             /* Stop taking requests while over a limit; completions resume reading. */
-            if (g_hash_table_size (self->in_flight) >= PB_EXPORT_SESSION_MAX_IN_FLIGHT ||
-                self->in_flight_bytes >= PB_EXPORT_SESSION_MAX_IN_FLIGHT_BYTES ||
-                self->out_queued_bytes > PB_EXPORT_SESSION_MAX_QUEUED_OUTPUT)
+            if (!within_limits (self))
               return TRUE;
             if (!pb_usbip_urb_header_decode (data, available, &header, &error))
               {
@@ -560,9 +569,7 @@ process_input (PbExportSession *self)
 static gboolean
 reading_allowed (PbExportSession *self)
 {
-  return !self->closing && g_hash_table_size (self->in_flight) < PB_EXPORT_SESSION_MAX_IN_FLIGHT &&
-         self->in_flight_bytes < PB_EXPORT_SESSION_MAX_IN_FLIGHT_BYTES &&
-         self->out_queued_bytes <= PB_EXPORT_SESSION_MAX_QUEUED_OUTPUT;
+  return !self->closing && within_limits (self);
 }
 
 /* Reads what the socket has. FALSE when the session ended. */

@@ -10,7 +10,8 @@
  * Limits (README, "Limits"): one URB carries at most PB_USBIP_MAX_TRANSFER_LENGTH bytes and
  * PB_USBIP_MAX_ISO_PACKETS iso packets, or the session ends with a protocol error. Above
  * PB_EXPORT_SESSION_MAX_IN_FLIGHT URBs or PB_EXPORT_SESSION_MAX_IN_FLIGHT_BYTES bytes at the
- * device, or PB_EXPORT_SESSION_MAX_QUEUED_OUTPUT bytes of replies the peer has not read, the
+ * device, or PB_EXPORT_SESSION_MAX_QUEUED_OUTPUT bytes or PB_EXPORT_SESSION_MAX_QUEUED_REPLIES
+ * replies the peer has not read, the
  * session stops reading the socket until the figure drops: memory stays bounded and nothing is
  * dropped.
  */
@@ -25,6 +26,7 @@ G_BEGIN_DECLS
 #define PB_EXPORT_SESSION_MAX_IN_FLIGHT 1024
 #define PB_EXPORT_SESSION_MAX_IN_FLIGHT_BYTES (64u * 1024u * 1024u)
 #define PB_EXPORT_SESSION_MAX_QUEUED_OUTPUT (16u * 1024u * 1024u)
+#define PB_EXPORT_SESSION_MAX_QUEUED_REPLIES 1024
 
 #define PB_TYPE_EXPORT_SESSION (pb_export_session_get_type ())
 G_DECLARE_FINAL_TYPE (PbExportSession, pb_export_session, PB, EXPORT_SESSION, GObject)

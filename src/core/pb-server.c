@@ -480,6 +480,9 @@ pb_server_listen (PbServer *self, const char *address, guint16 port, GError **er
   if (self->service == NULL)
     {
       self->service = g_socket_service_new ();
+      /* GSocketListener's default backlog of 10 drops SYNs when clients connect in a burst
+       * (each costs the client a 1 s retransmission). Set before any address is added. */
+      g_socket_listener_set_backlog (G_SOCKET_LISTENER (self->service), SOMAXCONN);
       g_signal_connect (self->service, "incoming", G_CALLBACK (on_incoming), self);
     }
   listener = G_SOCKET_LISTENER (self->service);

@@ -1,6 +1,7 @@
 #define G_LOG_DOMAIN "plugboard"
 
 #include "pb-export-session.h"
+#include "pb-output-queue.h"
 
 #include <errno.h>
 #include <glib-unix.h>
@@ -14,7 +15,6 @@
 /* A URB may carry 1024 iso descriptors (16 KiB): they must fit the input buffer whole. */
 G_STATIC_ASSERT (INPUT_BUFFER_SIZE >= PB_USBIP_MAX_ISO_PACKETS * PB_USBIP_ISO_PACKET_SIZE + PB_USBIP_URB_HEADER_SIZE);
 #define READS_PER_WAKEUP 16
-#define MAX_IOV 64
 #define POOL_MAX_URBS 32
 #define POOL_MAX_BUFFER (1024 * 1024)
 
@@ -27,11 +27,8 @@ typedef enum {
 /* One reply waiting to be written: a RET_SUBMIT (with payload and iso descriptors) or a
  * RET_UNLINK. SessionUrb embeds one; lone RET_UNLINKs allocate their own. */
 typedef struct {
-  GList link;
+  PbOutputItem base; /* first */
   guint8 header[PB_USBIP_URB_HEADER_SIZE];
-  struct iovec iov[3];
-  guint n_iov;
-  gsize total;
   gboolean owned_by_urb;
 } OutItem;
 
@@ -70,9 +67,7 @@ struct _PbExportSession {
   GQueue pool;             /* idle SessionUrbs, reused */
 
   /* Output. */
-  GQueue out_queue;
-  gsize out_offset;        /* bytes of the head item already written */
-  gsize out_queued_bytes;
+  PbOutputQueue output;
   gboolean write_blocked;
   GIOCondition fd_condition;
   gboolean reading_paused;
@@ -141,7 +136,6 @@ session_urb_acquire (PbExportSession *self, guint32 length, guint n_iso)
   su->buffer_capacity = capacity;
   su->iso_capacity = iso_capacity;
   su->out.owned_by_urb = TRUE;
-  su->out.link.data = &su->out;
   su->urb.owner_private = su;
   return su;
 }
@@ -167,8 +161,11 @@ session_urb_release (PbExportSession *self, SessionUrb *su)
 /* ---- output ---- */
 
 static void
-out_item_release (PbExportSession *self, OutItem *item)
+out_item_release (PbOutputItem *base, gpointer user_data)
 {
+  PbExportSession *self = user_data;
+  OutItem *item = (OutItem *) base;
+
   if (item->owned_by_urb)
     session_urb_release (self, (SessionUrb *) ((guint8 *) item - G_STRUCT_OFFSET (SessionUrb, out)));
   else
@@ -178,63 +175,17 @@ out_item_release (PbExportSession *self, OutItem *item)
 static gboolean
 flush_output (PbExportSession *self)
 {
-  while (self->out_queue.head != NULL)
+  int result = pb_output_queue_flush (&self->output, self->fd, out_item_release, self);
+
+  if (result < 0)
     {
-      struct iovec iov[MAX_IOV];
-      struct msghdr msg = { 0 };
-      int n_iov = 0;
-      gsize skip = self->out_offset;
-      gssize written;
-
-      for (GList *l = self->out_queue.head; l != NULL && n_iov < MAX_IOV - 3; l = l->next)
-        {
-          OutItem *item = l->data;
-          for (guint i = 0; i < item->n_iov; i++)
-            {
-              if (skip >= item->iov[i].iov_len)
-                {
-                  skip -= item->iov[i].iov_len;
-                  continue;
-                }
-              iov[n_iov].iov_base = (guint8 *) item->iov[i].iov_base + skip;
-              iov[n_iov].iov_len = item->iov[i].iov_len - skip;
-              skip = 0;
-              n_iov++;
-            }
-        }
-      msg.msg_iov = iov;
-      msg.msg_iovlen = n_iov;
-      written = sendmsg (self->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (written < 0)
-        {
-          if (errno == EINTR)
-            continue;
-          if (errno == EAGAIN || errno == EWOULDBLOCK)
-            {
-              self->write_blocked = TRUE;
-              update_fd_condition (self);
-              return TRUE;
-            }
-          session_fail (self, g_error_new (PB_ERROR, PB_ERROR_CLOSED, "write to %s failed: %s",
-                                           self->peer_name, g_strerror (errno)));
-          return FALSE;
-        }
-
-      self->out_offset += (gsize) written;
-      while (self->out_queue.head != NULL)
-        {
-          OutItem *item = self->out_queue.head->data;
-          if (self->out_offset < item->total)
-            break;
-          self->out_offset -= item->total;
-          self->out_queued_bytes -= item->total;
-          g_queue_unlink (&self->out_queue, &item->link);
-          out_item_release (self, item);
-        }
+      session_fail (self, g_error_new (PB_ERROR, PB_ERROR_CLOSED, "write to %s failed: %s", self->peer_name,
+                                       g_strerror (errno)));
+      return FALSE;
     }
-  if (self->write_blocked)
+  if (self->write_blocked != (result == 0))
     {
-      self->write_blocked = FALSE;
+      self->write_blocked = result == 0;
       update_fd_condition (self);
     }
   return TRUE;
@@ -243,11 +194,7 @@ flush_output (PbExportSession *self)
 static void
 queue_output (PbExportSession *self, OutItem *item)
 {
-  item->total = 0;
-  for (guint i = 0; i < item->n_iov; i++)
-    item->total += item->iov[i].iov_len;
-  g_queue_push_tail_link (&self->out_queue, &item->link);
-  self->out_queued_bytes += item->total;
+  pb_output_queue_push (&self->output, &item->base);
   /* Write at once unless the socket is known to be full: one write per reply, header and
    * payload together. */
   if (!self->write_blocked)
@@ -265,9 +212,8 @@ queue_ret_unlink (PbExportSession *self, OutItem *item, guint32 seqnum, gint32 s
   header.seqnum = seqnum;
   header.u.ret_unlink.status = status;
   pb_usbip_urb_header_encode (&header, item->header);
-  item->iov[0] = (struct iovec) { item->header, sizeof item->header };
-  item->n_iov = 1;
-  item->link.data = item;
+  item->base.iov[0] = (struct iovec) { item->header, sizeof item->header };
+  item->base.n_iov = 1;
   queue_output (self, item);
 }
 
@@ -321,14 +267,14 @@ queue_ret_submit (PbExportSession *self, SessionUrb *su)
   header.u.ret_submit.error_count = urb->error_count;
   pb_usbip_urb_header_encode (&header, su->out.header);
 
-  su->out.iov[0] = (struct iovec) { su->out.header, sizeof su->out.header };
-  su->out.n_iov = 1;
+  su->out.base.iov[0] = (struct iovec) { su->out.header, sizeof su->out.header };
+  su->out.base.n_iov = 1;
   if (payload > 0)
-    su->out.iov[su->out.n_iov++] = (struct iovec) { urb->buffer, payload };
+    su->out.base.iov[su->out.base.n_iov++] = (struct iovec) { urb->buffer, payload };
   if (urb->type == PB_ENDPOINT_ISOCHRONOUS)
     {
       pb_usbip_iso_packets_encode (urb->iso_packets, urb->n_iso_packets, su->iso_wire);
-      su->out.iov[su->out.n_iov++] = (struct iovec) { su->iso_wire,
+      su->out.base.iov[su->out.base.n_iov++] = (struct iovec) { su->iso_wire,
                                                       (gsize) urb->n_iso_packets * PB_USBIP_ISO_PACKET_SIZE };
     }
   self->stats.bytes_from_device += payload;
@@ -466,8 +412,8 @@ within_limits (PbExportSession *self)
 {
   return g_hash_table_size (self->in_flight) < PB_EXPORT_SESSION_MAX_IN_FLIGHT &&
          self->in_flight_bytes < PB_EXPORT_SESSION_MAX_IN_FLIGHT_BYTES &&
-         self->out_queued_bytes <= PB_EXPORT_SESSION_MAX_QUEUED_OUTPUT &&
-         self->out_queue.length < PB_EXPORT_SESSION_MAX_QUEUED_REPLIES;
+         self->output.queued_bytes <= PB_EXPORT_SESSION_MAX_QUEUED_OUTPUT &&
+         self->output.items.length < PB_EXPORT_SESSION_MAX_QUEUED_REPLIES;
 }
 
 /* Consumes complete messages from the input buffer. FALSE once the session is failing. */
@@ -797,14 +743,7 @@ pb_export_session_close (PbExportSession *self, const GError *reason)
   shutdown (self->fd, SHUT_RDWR);
 
   /* Replies nobody will read. */
-  while (self->out_queue.head != NULL)
-    {
-      OutItem *item = self->out_queue.head->data;
-      g_queue_unlink (&self->out_queue, &item->link);
-      out_item_release (self, item);
-    }
-  self->out_queued_bytes = 0;
-  self->out_offset = 0;
+  pb_output_queue_clear (&self->output, out_item_release, self);
   if (self->reading != NULL)
     {
       session_urb_release (self, self->reading);

@@ -1,6 +1,7 @@
 #define G_LOG_DOMAIN "plugboard"
 
 #include "pb-remote-device.h"
+#include "pb-output-queue.h"
 
 #include <errno.h>
 #include <glib-unix.h>
@@ -10,16 +11,12 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-#define MAX_IOV 64
 #define READS_PER_WAKEUP 16
 #define STAGE_SIZE (64 * 1024)
 
 typedef struct {
-  GList link;                 /* in the output queue */
+  PbOutputItem base;          /* first */
   guint8 header[PB_USBIP_URB_HEADER_SIZE];
-  struct iovec iov[3];
-  guint n_iov;
-  gsize total;
   gboolean standalone;        /* a CMD_UNLINK, freed once written; else embedded in a Pending */
 } OutItem;
 
@@ -55,8 +52,7 @@ struct _PbRemoteDevice {
   GHashTable *pending;        /* seqnum → Pending */
   GHashTable *unlinks;        /* unlink seqnum → target seqnum */
 
-  GQueue out_queue;           /* OutItem */
-  gsize out_offset;
+  PbOutputQueue output;       /* OutItem */
 
   /* Input. */
   guint8 header_buf[PB_USBIP_URB_HEADER_SIZE];
@@ -84,6 +80,18 @@ pending_free (Pending *pending)
   g_free (pending);
 }
 
+/* An item left the output queue: written, or dropped with the connection. */
+static void
+on_item_written (PbOutputItem *base, gpointer user_data)
+{
+  OutItem *item = (OutItem *) base;
+
+  if (item->standalone)
+    g_free (item);
+  else
+    ((Pending *) item)->queued = FALSE;
+}
+
 static void
 call_back (PbRemoteDevice *self, Pending *pending, gint32 status, guint32 actual_length, gint32 error_count,
            gint32 start_frame)
@@ -102,7 +110,7 @@ update_condition (PbRemoteDevice *self)
 
   if (self->fd_source == NULL)
     return;
-  if (self->out_queue.head != NULL)
+  if (!pb_output_queue_is_empty (&self->output))
     condition |= G_IO_OUT;
   if (condition != self->fd_condition)
     {
@@ -129,13 +137,7 @@ shut_down (PbRemoteDevice *self)
       g_clear_pointer (&self->fd_source, g_source_unref);
     }
   g_socket_close (self->socket, NULL);
-  while (self->out_queue.head != NULL)
-    {
-      OutItem *item = self->out_queue.head->data;
-      g_queue_unlink (&self->out_queue, &item->link);
-      if (item->standalone)
-        g_free (item);
-    }
+  pb_output_queue_clear (&self->output, on_item_written, self);
   if (self->reading != NULL)
     {
       /* Taken out of the table already: it is called back like the others. */
@@ -171,55 +173,12 @@ fail (PbRemoteDevice *self, const char *format, ...)
 static void
 flush_output (PbRemoteDevice *self)
 {
-  while (self->out_queue.head != NULL && !self->closed)
+  if (self->closed)
+    return;
+  if (pb_output_queue_flush (&self->output, self->fd, on_item_written, self) < 0)
     {
-      struct iovec iov[MAX_IOV];
-      struct msghdr msg = { 0 };
-      int n_iov = 0;
-      gsize skip = self->out_offset;
-      gssize written;
-
-      for (GList *l = self->out_queue.head; l != NULL && n_iov < MAX_IOV - 3; l = l->next)
-        {
-          OutItem *item = l->data;
-          for (guint i = 0; i < item->n_iov; i++)
-            {
-              if (skip >= item->iov[i].iov_len)
-                {
-                  skip -= item->iov[i].iov_len;
-                  continue;
-                }
-              iov[n_iov].iov_base = (guint8 *) item->iov[i].iov_base + skip;
-              iov[n_iov].iov_len = item->iov[i].iov_len - skip;
-              skip = 0;
-              n_iov++;
-            }
-        }
-      msg.msg_iov = iov;
-      msg.msg_iovlen = n_iov;
-      written = sendmsg (self->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (written < 0)
-        {
-          if (errno == EINTR)
-            continue;
-          if (errno == EAGAIN || errno == EWOULDBLOCK)
-            break;
-          fail (self, "write failed: %s", g_strerror (errno));
-          return;
-        }
-      self->out_offset += (gsize) written;
-      while (self->out_queue.head != NULL)
-        {
-          OutItem *item = self->out_queue.head->data;
-          if (self->out_offset < item->total)
-            break;
-          self->out_offset -= item->total;
-          g_queue_unlink (&self->out_queue, &item->link);
-          if (item->standalone)
-            g_free (item);
-          else
-            ((Pending *) item)->queued = FALSE;
-        }
+      fail (self, "write failed: %s", g_strerror (errno));
+      return;
     }
   update_condition (self);
 }
@@ -227,11 +186,7 @@ flush_output (PbRemoteDevice *self)
 static void
 queue_item (PbRemoteDevice *self, OutItem *item)
 {
-  item->total = 0;
-  for (guint i = 0; i < item->n_iov; i++)
-    item->total += item->iov[i].iov_len;
-  item->link.data = item;
-  g_queue_push_tail_link (&self->out_queue, &item->link);
+  pb_output_queue_push (&self->output, &item->base);
   flush_output (self);
 }
 
@@ -339,6 +294,11 @@ handle_header (PbRemoteDevice *self)
         return FALSE;
       }
     request = &pending->request;
+    if (pending->queued)
+      {
+        fail (self, "RET_SUBMIT %u arrived before its request was fully sent", header.seqnum);
+        return FALSE;
+      }
     if (header.u.ret_submit.actual_length > request->length)
       {
         fail (self, "RET_SUBMIT %u claims %u bytes for a %u-byte request", header.seqnum,
@@ -597,16 +557,16 @@ pb_remote_device_submit (PbRemoteDevice *self, const PbRemoteUrbRequest *request
   memcpy (header.u.cmd_submit.setup, request->setup, 8);
   pb_usbip_urb_header_encode (&header, pending->out.header);
 
-  pending->out.iov[0] = (struct iovec) { pending->out.header, PB_USBIP_URB_HEADER_SIZE };
-  pending->out.n_iov = 1;
+  pending->out.base.iov[0] = (struct iovec) { pending->out.header, PB_USBIP_URB_HEADER_SIZE };
+  pending->out.base.n_iov = 1;
   if (request->direction == PB_USBIP_DIR_OUT && request->length > 0)
-    pending->out.iov[pending->out.n_iov++] = (struct iovec) { request->buffer, request->length };
+    pending->out.base.iov[pending->out.base.n_iov++] = (struct iovec) { request->buffer, request->length };
   if (request->n_iso_packets > 0)
     {
       gsize size = (gsize) request->n_iso_packets * PB_USBIP_ISO_PACKET_SIZE;
       pending->iso_wire = g_malloc (size);
       pb_usbip_iso_packets_encode (request->iso_packets, request->n_iso_packets, pending->iso_wire);
-      pending->out.iov[pending->out.n_iov++] = (struct iovec) { pending->iso_wire, size };
+      pending->out.base.iov[pending->out.base.n_iov++] = (struct iovec) { pending->iso_wire, size };
     }
   pending->queued = TRUE;
   g_hash_table_insert (self->pending, GUINT_TO_POINTER (pending->seqnum), pending);
@@ -634,8 +594,8 @@ pb_remote_device_unlink (PbRemoteDevice *self, guint32 seqnum, GError **error)
   header.devid = (self->record.busnum << 16) | (self->record.devnum & 0xffff);
   header.u.cmd_unlink.unlink_seqnum = seqnum;
   pb_usbip_urb_header_encode (&header, item->header);
-  item->iov[0] = (struct iovec) { item->header, PB_USBIP_URB_HEADER_SIZE };
-  item->n_iov = 1;
+  item->base.iov[0] = (struct iovec) { item->header, PB_USBIP_URB_HEADER_SIZE };
+  item->base.n_iov = 1;
   g_hash_table_insert (self->unlinks, GUINT_TO_POINTER (header.seqnum), GUINT_TO_POINTER (seqnum));
   queue_item (self, item);
   return TRUE;

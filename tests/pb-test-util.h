@@ -3,6 +3,16 @@
 
 #include <gio/gio.h>
 
+/* PB_TEST_ASAN: built with AddressSanitizer (gcc says so with __SANITIZE_ADDRESS__, clang
+ * through __has_feature). The server under test is built the same way. */
+#if defined(__SANITIZE_ADDRESS__)
+#define PB_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PB_TEST_ASAN 1
+#endif
+#endif
+
 G_BEGIN_DECLS
 
 /* Path of a built program under the build tree (PB_PLUGBOARD_BIN for "plugboard"). */

@@ -598,3 +598,81 @@ pb_test_find_interface (const guint8 *config, gsize len, guint8 interface_class)
       return config[pos + 2];
   return -1;
 }
+
+/* ---- driving a PbDevice directly ---- */
+
+static void
+driver_on_complete (PbUrb *urb, gpointer user_data)
+{
+  PbTestDriver *driver = user_data;
+  g_queue_push_tail (&driver->completed, urb);
+}
+
+void
+pb_test_driver_init (PbTestDriver *driver, PbDevice *device)
+{
+  memset (driver, 0, sizeof *driver);
+  driver->device = device;
+  driver->next_seqnum = 1;
+}
+
+PbUrb *
+pb_test_driver_urb_new (PbTestDriver *driver, guint ep, PbUsbipDirection direction, guint32 length)
+{
+  PbUrb *urb = g_new0 (PbUrb, 1);
+
+  urb->seqnum = driver->next_seqnum++;
+  urb->ep = ep;
+  urb->direction = direction;
+  urb->type = pb_device_get_endpoint_type (driver->device, ep, direction);
+  urb->length = length;
+  urb->buffer = g_malloc0 (length + 1);
+  urb->complete_func = driver_on_complete;
+  urb->complete_data = driver;
+  return urb;
+}
+
+void
+pb_test_urb_free (PbUrb *urb)
+{
+  g_free (urb->buffer);
+  g_free (urb);
+}
+
+PbUrb *
+pb_test_driver_take (PbTestDriver *driver, PbUrb *expected)
+{
+  g_assert_cmpuint (driver->completed.length, >=, 1);
+  g_assert_true (g_queue_pop_head (&driver->completed) == expected);
+  return expected;
+}
+
+PbUrb *
+pb_test_driver_control (PbTestDriver *driver, guint8 request_type, guint8 request, guint16 value, guint16 index,
+                        guint16 length, const guint8 *out_data)
+{
+  PbUrb *urb = pb_test_driver_urb_new (driver, 0, (request_type & 0x80) ? PB_USBIP_DIR_IN : PB_USBIP_DIR_OUT, length);
+  guint8 setup[8] = { request_type, request, value & 0xff, value >> 8, index & 0xff, index >> 8,
+                      length & 0xff, length >> 8 };
+
+  memcpy (urb->setup, setup, 8);
+  if (out_data != NULL)
+    memcpy (urb->buffer, out_data, length);
+  pb_device_submit (driver->device, urb);
+  g_assert_cmpuint (driver->completed.length, ==, 1);
+  return pb_test_driver_take (driver, urb);
+}
+
+void
+pb_test_driver_expect_control (PbTestDriver *driver, guint8 request_type, guint8 request, guint16 value,
+                               guint16 index, guint16 length, const guint8 *out_data, gint32 status,
+                               const guint8 *data, guint32 data_len)
+{
+  PbUrb *urb = pb_test_driver_control (driver, request_type, request, value, index, length, out_data);
+
+  g_assert_cmpint (urb->status, ==, status);
+  g_assert_cmpuint (urb->actual_length, ==, data_len);
+  if (data != NULL)
+    g_assert_cmpmem (urb->buffer, urb->actual_length, data, data_len);
+  pb_test_urb_free (urb);
+}

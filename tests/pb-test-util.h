@@ -3,6 +3,8 @@
 
 #include <gio/gio.h>
 
+#include "pb-device.h"
+
 /* PB_TEST_ASAN: built with AddressSanitizer (gcc says so with __SANITIZE_ADDRESS__, clang
  * through __has_feature). The server under test is built the same way. */
 #if defined(__SANITIZE_ADDRESS__)
@@ -81,5 +83,32 @@ guint8 pb_test_find_endpoint (const guint8 *config, gsize len, guint8 interface_
                               gboolean in);
 /* Number of that interface (bInterfaceNumber), or -1. */
 gint pb_test_find_interface (const guint8 *config, gsize len, guint8 interface_class);
+
+G_END_DECLS
+
+G_BEGIN_DECLS
+
+/* ---- driving a PbDevice directly, as a PbExportSession would ---- */
+
+typedef struct {
+  PbDevice *device;
+  GQueue completed;   /* PbUrb *, in completion order */
+  guint32 next_seqnum;
+} PbTestDriver;
+
+void pb_test_driver_init (PbTestDriver *driver, PbDevice *device);
+/* A URB for ep/direction with a zeroed buffer of length bytes, completing into driver. */
+PbUrb *pb_test_driver_urb_new (PbTestDriver *driver, guint ep, PbUsbipDirection direction, guint32 length);
+void pb_test_urb_free (PbUrb *urb);
+/* Asserts that expected is the next completed URB, and returns it. */
+PbUrb *pb_test_driver_take (PbTestDriver *driver, PbUrb *expected);
+/* Submits a control request (OUT data copied in first when out_data is given) and asserts it
+ * completed at once; returns it for the caller to inspect and free. */
+PbUrb *pb_test_driver_control (PbTestDriver *driver, guint8 request_type, guint8 request, guint16 value,
+                               guint16 index, guint16 length, const guint8 *out_data);
+/* The same, then asserts the status and the returned data (data NULL: only its length). */
+void pb_test_driver_expect_control (PbTestDriver *driver, guint8 request_type, guint8 request, guint16 value,
+                                    guint16 index, guint16 length, const guint8 *out_data, gint32 status,
+                                    const guint8 *data, guint32 data_len);
 
 G_END_DECLS

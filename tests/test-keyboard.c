@@ -2,78 +2,17 @@
  * HID class requests, LEDs, cancel, limits. */
 #include <string.h>
 
+#include "pb-test-util.h"
 #include "pb-error.h"
 #include "pb-keyboard.h"
 
 typedef struct {
   PbKeyboard *keyboard;
   PbDevice *device;
-  GQueue completed;
-  guint32 next_seqnum;
+  PbTestDriver driver;
   guint leds_signals;
   guint last_leds;
 } Fixture;
-
-static void
-on_complete (PbUrb *urb, gpointer user_data)
-{
-  Fixture *f = user_data;
-  g_queue_push_tail (&f->completed, urb);
-}
-
-static PbUrb *
-make_urb (Fixture *f, guint ep, PbUsbipDirection direction, guint32 length)
-{
-  PbUrb *urb = g_new0 (PbUrb, 1);
-
-  urb->seqnum = f->next_seqnum++;
-  urb->ep = ep;
-  urb->direction = direction;
-  urb->type = pb_device_get_endpoint_type (f->device, ep, direction);
-  urb->length = length;
-  urb->buffer = g_malloc0 (length + 1);
-  urb->complete_func = on_complete;
-  urb->complete_data = f;
-  return urb;
-}
-
-static void
-free_urb (PbUrb *urb)
-{
-  g_free (urb->buffer);
-  g_free (urb);
-}
-
-/* A control request answered at once; OUT data (if any) is copied into the buffer first. */
-static PbUrb *
-control (Fixture *f, guint8 request_type, guint8 request, guint16 value, guint16 index, guint16 length,
-         const guint8 *out_data)
-{
-  PbUrb *urb = make_urb (f, 0, (request_type & PB_USB_DIR_IN) ? PB_USBIP_DIR_IN : PB_USBIP_DIR_OUT, length);
-  guint8 setup[8] = { request_type, request, value & 0xff, value >> 8, index & 0xff, index >> 8,
-                      length & 0xff, length >> 8 };
-
-  memcpy (urb->setup, setup, 8);
-  if (out_data != NULL)
-    memcpy (urb->buffer, out_data, length);
-  pb_device_submit (f->device, urb);
-  g_assert_cmpuint (f->completed.length, ==, 1);
-  g_assert_true (g_queue_pop_head (&f->completed) == urb);
-  return urb;
-}
-
-static void
-expect_control (Fixture *f, guint8 request_type, guint8 request, guint16 value, guint16 index, guint16 length,
-                const guint8 *out_data, gint32 status, const guint8 *data, guint32 data_len)
-{
-  PbUrb *urb = control (f, request_type, request, value, index, length, out_data);
-
-  g_assert_cmpint (urb->status, ==, status);
-  g_assert_cmpuint (urb->actual_length, ==, data_len);
-  if (data != NULL)
-    g_assert_cmpmem (urb->buffer, urb->actual_length, data, data_len);
-  free_urb (urb);
-}
 
 static void
 on_leds_changed (PbKeyboard *keyboard, guint leds, gpointer user_data)
@@ -91,17 +30,18 @@ fixture_setup (Fixture *f, gconstpointer data)
   memset (f, 0, sizeof *f);
   f->keyboard = pb_keyboard_new ();
   f->device = PB_DEVICE (pb_keyboard_get_device (f->keyboard));
+  pb_test_driver_init (&f->driver, f->device);
   g_signal_connect (f->keyboard, "leds-changed", G_CALLBACK (on_leds_changed), f);
   pb_device_set_address (f->device, 100, 2, "100-2");
   g_assert_true (pb_device_open (f->device, &error));
   g_assert_no_error (error);
-  expect_control (f, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, NULL, PB_URB_OK, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, NULL, PB_URB_OK, NULL, 0);
 }
 
 static void
 fixture_teardown (Fixture *f, gconstpointer data)
 {
-  g_assert_cmpuint (f->completed.length, ==, 0);
+  g_assert_cmpuint (f->driver.completed.length, ==, 0);
   pb_device_close (f->device);
   g_object_unref (f->keyboard);
 }
@@ -112,20 +52,20 @@ expect_report (Fixture *f, PbUrb *urb, guint8 modifiers, guint8 usage)
 {
   guint8 expected[8] = { modifiers, 0, usage, 0, 0, 0, 0, 0 };
 
-  g_assert_true (g_queue_pop_head (&f->completed) == urb);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == urb);
   g_assert_cmpint (urb->status, ==, PB_URB_OK);
   g_assert_cmpmem (urb->buffer, urb->actual_length, expected, sizeof expected);
-  free_urb (urb);
+  pb_test_urb_free (urb);
 }
 
 /* Polls once with an 8-byte interrupt IN and checks the report. */
 static void
 poll_report (Fixture *f, guint8 modifiers, guint8 usage)
 {
-  PbUrb *urb = make_urb (f, 1, PB_USBIP_DIR_IN, 8);
+  PbUrb *urb = pb_test_driver_urb_new (&f->driver, 1, PB_USBIP_DIR_IN, 8);
 
   pb_device_submit (f->device, urb);
-  g_assert_cmpuint (f->completed.length, ==, 1);
+  g_assert_cmpuint (f->driver.completed.length, ==, 1);
   expect_report (f, urb, modifiers, usage);
 }
 
@@ -145,16 +85,16 @@ test_descriptors (Fixture *f, gconstpointer data)
   PbUsbipDeviceRecord record;
   PbUrb *urb;
 
-  urb = control (f, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0100, 0, 18, NULL);
+  urb = pb_test_driver_control (&f->driver, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0100, 0, 18, NULL);
   g_assert_cmpint (urb->status, ==, PB_URB_OK);
   g_assert_cmpuint (urb->actual_length, ==, 18);
   g_assert_cmpuint (urb->buffer[2] | (urb->buffer[3] << 8), ==, 0x0200); /* bcdUSB */
   g_assert_cmpuint (urb->buffer[4], ==, 0);                              /* class per interface */
   g_assert_cmpuint (urb->buffer[7], ==, 64);                             /* bMaxPacketSize0 */
   g_assert_cmpuint (urb->buffer[17], ==, 1);
-  free_urb (urb);
+  pb_test_urb_free (urb);
 
-  urb = control (f, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0200, 0, 255, NULL);
+  urb = pb_test_driver_control (&f->driver, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0200, 0, 255, NULL);
   g_assert_cmpint (urb->status, ==, PB_URB_OK);
   g_assert_cmpuint (urb->actual_length, ==, 9 + 9 + 9 + 7);
   g_assert_cmpuint (urb->buffer[2], ==, 34);
@@ -162,17 +102,16 @@ test_descriptors (Fixture *f, gconstpointer data)
   g_assert_cmpmem (urb->buffer + 9, 9, interface, 9);
   g_assert_cmpmem (urb->buffer + 18, 9, hid_descriptor, 9);
   g_assert_cmpmem (urb->buffer + 27, 7, endpoint, 7);
-  free_urb (urb);
+  pb_test_urb_free (urb);
 
   /* Class descriptors with interface recipient, as usbhid asks for them. */
-  expect_control (f, 0x81, PB_USB_REQ_GET_DESCRIPTOR, 0x2100, 0, 9, NULL, PB_URB_OK, hid_descriptor, 9);
-  expect_control (f, 0x81, PB_USB_REQ_GET_DESCRIPTOR, 0x2200, 0, 63 + 64, NULL, PB_URB_OK, report_descriptor,
-                  sizeof report_descriptor);
+  pb_test_driver_expect_control (&f->driver, 0x81, PB_USB_REQ_GET_DESCRIPTOR, 0x2100, 0, 9, NULL, PB_URB_OK, hid_descriptor, 9);
+  pb_test_driver_expect_control (&f->driver, 0x81, PB_USB_REQ_GET_DESCRIPTOR, 0x2200, 0, 63 + 64, NULL, PB_URB_OK, report_descriptor, sizeof report_descriptor);
   /* There is no interface 1. */
-  expect_control (f, 0x81, PB_USB_REQ_GET_DESCRIPTOR, 0x2200, 1, 255, NULL, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x81, PB_USB_REQ_GET_DESCRIPTOR, 0x2200, 1, 255, NULL, PB_URB_EPIPE, NULL, 0);
 
   /* Product string, UTF-16LE. */
-  urb = control (f, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0302, 0x0409, 255, NULL);
+  urb = pb_test_driver_control (&f->driver, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0302, 0x0409, 255, NULL);
   g_assert_cmpint (urb->status, ==, PB_URB_OK);
   {
     const char *product = "Plugboard Virtual Keyboard";
@@ -183,9 +122,8 @@ test_descriptors (Fixture *f, gconstpointer data)
         g_assert_cmpuint (urb->buffer[3 + 2 * i], ==, 0);
       }
   }
-  free_urb (urb);
-  expect_control (f, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0303, 0x0409, 255, NULL, PB_URB_OK, NULL,
-                  2 + 2 * strlen ("PBKBD0001") /* length only: the number depends on test order */);
+  pb_test_urb_free (urb);
+  pb_test_driver_expect_control (&f->driver, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0303, 0x0409, 255, NULL, PB_URB_OK, NULL, 2 + 2 * strlen ("PBKBD0001") /* length only: the number depends on test order */);
 
   pb_device_describe (f->device, &record);
   g_assert_cmpuint (record.speed, ==, PB_USBIP_SPEED_FULL);
@@ -200,18 +138,18 @@ static void
 test_type_string (Fixture *f, gconstpointer data)
 {
   g_autoptr(GError) error = NULL;
-  PbUrb *early = make_urb (f, 1, PB_USBIP_DIR_IN, 8);
+  PbUrb *early = pb_test_driver_urb_new (&f->driver, 1, PB_USBIP_DIR_IN, 8);
   PbUrb *late;
 
   /* With nothing typed the host's poll waits. */
   pb_device_submit (f->device, early);
-  g_assert_cmpuint (f->completed.length, ==, 0);
+  g_assert_cmpuint (f->driver.completed.length, ==, 0);
   g_assert_cmpuint (pb_keyboard_get_pending_reports (f->keyboard), ==, 0);
 
   g_assert_true (pb_keyboard_type_string (f->keyboard, "Hi!\n", &error));
   g_assert_no_error (error);
   /* The waiting poll took the first report at once. */
-  g_assert_cmpuint (f->completed.length, ==, 1);
+  g_assert_cmpuint (f->driver.completed.length, ==, 1);
   expect_report (f, early, 0x02, 0x0b); /* shift + h */
   g_assert_cmpuint (pb_keyboard_get_pending_reports (f->keyboard), ==, 7);
 
@@ -228,7 +166,7 @@ test_type_string (Fixture *f, gconstpointer data)
   /* GET_REPORT answers the state the host last saw: all keys up. */
   {
     static const guint8 released[8] = { 0 };
-    expect_control (f, 0xa1, 0x01, 0x0100, 0, 8, NULL, PB_URB_OK, released, 8);
+    pb_test_driver_expect_control (&f->driver, 0xa1, 0x01, 0x0100, 0, 8, NULL, PB_URB_OK, released, 8);
   }
 
   /* Doubled letters get their release in between. */
@@ -236,22 +174,22 @@ test_type_string (Fixture *f, gconstpointer data)
   poll_report (f, 0, 0x12);
   {
     static const guint8 pressed[8] = { 0, 0, 0x12, 0, 0, 0, 0, 0 };
-    expect_control (f, 0xa1, 0x01, 0x0100, 0, 8, NULL, PB_URB_OK, pressed, 8);
+    pb_test_driver_expect_control (&f->driver, 0xa1, 0x01, 0x0100, 0, 8, NULL, PB_URB_OK, pressed, 8);
   }
   poll_report (f, 0, 0);
   poll_report (f, 0, 0x12);
   poll_report (f, 0, 0);
 
   /* Queued again: the next poll waits, then cancel ends it. */
-  late = make_urb (f, 1, PB_USBIP_DIR_IN, 8);
+  late = pb_test_driver_urb_new (&f->driver, 1, PB_USBIP_DIR_IN, 8);
   pb_device_submit (f->device, late);
-  g_assert_cmpuint (f->completed.length, ==, 0);
+  g_assert_cmpuint (f->driver.completed.length, ==, 0);
   late->cancelled = TRUE;
   pb_device_cancel (f->device, late);
-  g_assert_true (g_queue_pop_head (&f->completed) == late);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == late);
   g_assert_cmpint (late->status, ==, PB_URB_ECONNRESET);
   g_assert_cmpuint (late->actual_length, ==, 0);
-  free_urb (late);
+  pb_test_urb_free (late);
 
   /* Nothing was consumed by the cancelled poll. */
   g_assert_true (pb_keyboard_type_string (f->keyboard, "z", &error));
@@ -318,13 +256,13 @@ test_rejects (Fixture *f, gconstpointer data)
   g_assert_cmpuint (pb_keyboard_get_pending_reports (f->keyboard), ==, 0);
 
   /* Nothing was queued: a poll still waits. */
-  urb = make_urb (f, 1, PB_USBIP_DIR_IN, 8);
+  urb = pb_test_driver_urb_new (&f->driver, 1, PB_USBIP_DIR_IN, 8);
   pb_device_submit (f->device, urb);
-  g_assert_cmpuint (f->completed.length, ==, 0);
+  g_assert_cmpuint (f->driver.completed.length, ==, 0);
   urb->cancelled = TRUE;
   pb_device_cancel (f->device, urb);
-  g_assert_true (g_queue_pop_head (&f->completed) == urb);
-  free_urb (urb);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == urb);
+  pb_test_urb_free (urb);
 
   /* The queue holds at most 64 KiB of text; beyond that nothing is added. */
   big = g_strnfill (64 * 1024 - 1, 'x');
@@ -344,11 +282,11 @@ test_rejects (Fixture *f, gconstpointer data)
   g_assert_no_error (error);
 
   /* A buffer shorter than a report is babble; the report stays queued. */
-  urb = make_urb (f, 1, PB_USBIP_DIR_IN, 4);
+  urb = pb_test_driver_urb_new (&f->driver, 1, PB_USBIP_DIR_IN, 4);
   pb_device_submit (f->device, urb);
-  g_assert_true (g_queue_pop_head (&f->completed) == urb);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == urb);
   g_assert_cmpint (urb->status, ==, PB_URB_EOVERFLOW);
-  free_urb (urb);
+  pb_test_urb_free (urb);
   g_assert_cmpuint (pb_keyboard_get_pending_reports (f->keyboard), ==, 2 * 64 * 1024);
 }
 
@@ -360,28 +298,28 @@ test_leds (Fixture *f, gconstpointer data)
   static const guint8 none = 0;
 
   g_assert_cmpuint (pb_keyboard_get_leds (f->keyboard), ==, 0);
-  expect_control (f, 0x21, 0x09, 0x0200, 0, 1, &caps, PB_URB_OK, NULL, 1);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x09, 0x0200, 0, 1, &caps, PB_URB_OK, NULL, 1);
   g_assert_cmpuint (f->leds_signals, ==, 1);
   g_assert_cmpuint (f->last_leds, ==, PB_KEYBOARD_LED_CAPS_LOCK);
   g_assert_cmpuint (pb_keyboard_get_leds (f->keyboard), ==, PB_KEYBOARD_LED_CAPS_LOCK);
-  expect_control (f, 0xa1, 0x01, 0x0200, 0, 1, NULL, PB_URB_OK, &caps, 1);
+  pb_test_driver_expect_control (&f->driver, 0xa1, 0x01, 0x0200, 0, 1, NULL, PB_URB_OK, &caps, 1);
 
   /* The same state again is no change. */
-  expect_control (f, 0x21, 0x09, 0x0200, 0, 1, &caps, PB_URB_OK, NULL, 1);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x09, 0x0200, 0, 1, &caps, PB_URB_OK, NULL, 1);
   g_assert_cmpuint (f->leds_signals, ==, 1);
 
-  expect_control (f, 0x21, 0x09, 0x0200, 0, 1, &num_scroll, PB_URB_OK, NULL, 1);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x09, 0x0200, 0, 1, &num_scroll, PB_URB_OK, NULL, 1);
   g_assert_cmpuint (f->leds_signals, ==, 2);
   g_assert_cmpuint (pb_keyboard_get_leds (f->keyboard), ==, 0x05);
 
   /* Input and feature reports cannot be set; report IDs do not exist; other interfaces neither. */
-  expect_control (f, 0x21, 0x09, 0x0100, 0, 1, &caps, PB_URB_EPIPE, NULL, 0);
-  expect_control (f, 0x21, 0x09, 0x0300, 0, 1, &caps, PB_URB_EPIPE, NULL, 0);
-  expect_control (f, 0x21, 0x09, 0x0201, 0, 1, &caps, PB_URB_EPIPE, NULL, 0);
-  expect_control (f, 0x21, 0x09, 0x0200, 1, 1, &caps, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x09, 0x0100, 0, 1, &caps, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x09, 0x0300, 0, 1, &caps, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x09, 0x0201, 0, 1, &caps, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x09, 0x0200, 1, 1, &caps, PB_URB_EPIPE, NULL, 0);
   g_assert_cmpuint (pb_keyboard_get_leds (f->keyboard), ==, 0x05);
 
-  expect_control (f, 0x21, 0x09, 0x0200, 0, 1, &none, PB_URB_OK, NULL, 1);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x09, 0x0200, 0, 1, &none, PB_URB_OK, NULL, 1);
   g_assert_cmpuint (f->leds_signals, ==, 3);
   g_assert_cmpuint (f->last_leds, ==, 0);
 }
@@ -392,21 +330,21 @@ test_idle_and_protocol (Fixture *f, gconstpointer data)
   static const guint8 default_idle = 125, zero = 0, one = 1, idle_48 = 12;
 
   /* HID defaults: 500 ms idle, report protocol. */
-  expect_control (f, 0xa1, 0x02, 0, 0, 1, NULL, PB_URB_OK, &default_idle, 1);
-  expect_control (f, 0xa1, 0x03, 0, 0, 1, NULL, PB_URB_OK, &one, 1);
+  pb_test_driver_expect_control (&f->driver, 0xa1, 0x02, 0, 0, 1, NULL, PB_URB_OK, &default_idle, 1);
+  pb_test_driver_expect_control (&f->driver, 0xa1, 0x03, 0, 0, 1, NULL, PB_URB_OK, &one, 1);
 
-  expect_control (f, 0x21, 0x0a, 0x0000, 0, 0, NULL, PB_URB_OK, NULL, 0);
-  expect_control (f, 0xa1, 0x02, 0, 0, 1, NULL, PB_URB_OK, &zero, 1);
-  expect_control (f, 0x21, 0x0a, 12 << 8, 0, 0, NULL, PB_URB_OK, NULL, 0);
-  expect_control (f, 0xa1, 0x02, 0, 0, 1, NULL, PB_URB_OK, &idle_48, 1);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x0a, 0x0000, 0, 0, NULL, PB_URB_OK, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0xa1, 0x02, 0, 0, 1, NULL, PB_URB_OK, &zero, 1);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x0a, 12 << 8, 0, 0, NULL, PB_URB_OK, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0xa1, 0x02, 0, 0, 1, NULL, PB_URB_OK, &idle_48, 1);
   /* Report ID 3 does not exist. */
-  expect_control (f, 0x21, 0x0a, (5 << 8) | 3, 0, 0, NULL, PB_URB_EPIPE, NULL, 0);
-  expect_control (f, 0xa1, 0x02, 0, 0, 1, NULL, PB_URB_OK, &idle_48, 1);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x0a, (5 << 8) | 3, 0, 0, NULL, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0xa1, 0x02, 0, 0, 1, NULL, PB_URB_OK, &idle_48, 1);
 
-  expect_control (f, 0x21, 0x0b, 0, 0, 0, NULL, PB_URB_OK, NULL, 0);
-  expect_control (f, 0xa1, 0x03, 0, 0, 1, NULL, PB_URB_OK, &zero, 1);
-  expect_control (f, 0x21, 0x0b, 2, 0, 0, NULL, PB_URB_EPIPE, NULL, 0);
-  expect_control (f, 0xa1, 0x03, 0, 0, 1, NULL, PB_URB_OK, &zero, 1);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x0b, 0, 0, 0, NULL, PB_URB_OK, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0xa1, 0x03, 0, 0, 1, NULL, PB_URB_OK, &zero, 1);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x0b, 2, 0, 0, NULL, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0xa1, 0x03, 0, 0, 1, NULL, PB_URB_OK, &zero, 1);
 
   /* Boot protocol: the same 8-byte report. */
   {
@@ -417,13 +355,13 @@ test_idle_and_protocol (Fixture *f, gconstpointer data)
   }
 
   /* Unknown class request and a vendor request stall. */
-  expect_control (f, 0xa1, 0x07, 0, 0, 1, NULL, PB_URB_EPIPE, NULL, 0);
-  expect_control (f, 0xc0, 0x01, 0, 0, 1, NULL, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0xa1, 0x07, 0, 0, 1, NULL, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0xc0, 0x01, 0, 0, 1, NULL, PB_URB_EPIPE, NULL, 0);
 
   /* A port reset returns to the defaults. */
-  expect_control (f, 0x23, PB_USB_REQ_SET_FEATURE, 4, 1, 0, NULL, PB_URB_OK, NULL, 0);
-  expect_control (f, 0xa1, 0x03, 0, 0, 1, NULL, PB_URB_OK, &one, 1);
-  expect_control (f, 0xa1, 0x02, 0, 0, 1, NULL, PB_URB_OK, &default_idle, 1);
+  pb_test_driver_expect_control (&f->driver, 0x23, PB_USB_REQ_SET_FEATURE, 4, 1, 0, NULL, PB_URB_OK, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0xa1, 0x03, 0, 0, 1, NULL, PB_URB_OK, &one, 1);
+  pb_test_driver_expect_control (&f->driver, 0xa1, 0x02, 0, 0, 1, NULL, PB_URB_OK, &default_idle, 1);
 }
 
 static void
@@ -432,7 +370,7 @@ test_close_and_reopen (Fixture *f, gconstpointer data)
   static const guint8 caps = PB_KEYBOARD_LED_CAPS_LOCK;
   g_autoptr(GError) error = NULL;
 
-  expect_control (f, 0x21, 0x09, 0x0200, 0, 1, &caps, PB_URB_OK, NULL, 1);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x09, 0x0200, 0, 1, &caps, PB_URB_OK, NULL, 1);
   g_assert_true (pb_keyboard_type_string (f->keyboard, "abc", &error));
   poll_report (f, 0, 0x04);
 
@@ -446,10 +384,10 @@ test_close_and_reopen (Fixture *f, gconstpointer data)
   g_assert_true (pb_keyboard_type_string (f->keyboard, "d", &error));
   g_assert_true (pb_device_open (f->device, &error));
   g_assert_no_error (error);
-  expect_control (f, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, NULL, PB_URB_OK, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, NULL, PB_URB_OK, NULL, 0);
   {
     static const guint8 released[8] = { 0 };
-    expect_control (f, 0xa1, 0x01, 0x0100, 0, 8, NULL, PB_URB_OK, released, 8);
+    pb_test_driver_expect_control (&f->driver, 0xa1, 0x01, 0x0100, 0, 8, NULL, PB_URB_OK, released, 8);
   }
   poll_report (f, 0, 0x07);
   poll_report (f, 0, 0);
@@ -467,25 +405,26 @@ test_device_outlives_keyboard (void)
   f->keyboard = pb_keyboard_new ();
   device = g_object_ref (pb_keyboard_get_device (f->keyboard));
   f->device = PB_DEVICE (device);
+  pb_test_driver_init (&f->driver, f->device);
   g_assert_true (pb_device_open (f->device, &error));
-  expect_control (f, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, NULL, PB_URB_OK, NULL, 0);
-  urb = make_urb (f, 1, PB_USBIP_DIR_IN, 8);
+  pb_test_driver_expect_control (&f->driver, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, NULL, PB_URB_OK, NULL, 0);
+  urb = pb_test_driver_urb_new (&f->driver, 1, PB_USBIP_DIR_IN, 8);
   pb_device_submit (f->device, urb);
-  g_assert_cmpuint (f->completed.length, ==, 0);
+  g_assert_cmpuint (f->driver.completed.length, ==, 0);
 
   g_clear_object (&f->keyboard);
-  g_assert_true (g_queue_pop_head (&f->completed) == urb);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == urb);
   g_assert_cmpint (urb->status, ==, PB_URB_ESHUTDOWN);
-  free_urb (urb);
+  pb_test_urb_free (urb);
 
-  urb = make_urb (f, 1, PB_USBIP_DIR_IN, 8);
+  urb = pb_test_driver_urb_new (&f->driver, 1, PB_USBIP_DIR_IN, 8);
   pb_device_submit (f->device, urb);
-  g_assert_true (g_queue_pop_head (&f->completed) == urb);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == urb);
   g_assert_cmpint (urb->status, ==, PB_URB_ESHUTDOWN);
-  free_urb (urb);
-  expect_control (f, 0xa1, 0x03, 0, 0, 1, NULL, PB_URB_EPIPE, NULL, 0);
+  pb_test_urb_free (urb);
+  pb_test_driver_expect_control (&f->driver, 0xa1, 0x03, 0, 0, 1, NULL, PB_URB_EPIPE, NULL, 0);
   /* Standard requests are still the framework's. */
-  expect_control (f, 0x81, PB_USB_REQ_GET_DESCRIPTOR, 0x2200, 0, 255, NULL, PB_URB_OK, NULL, 63);
+  pb_test_driver_expect_control (&f->driver, 0x81, PB_USB_REQ_GET_DESCRIPTOR, 0x2200, 0, 255, NULL, PB_URB_OK, NULL, 63);
 
   pb_device_close (f->device);
   g_object_unref (device);

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "pb-test-util.h"
 #include "pb-default-image.h"
 #include "pb-mass-storage.h"
 #include "pb-scsi.h"
@@ -15,60 +16,20 @@ typedef struct {
   PbMassStorage *storage;
   PbDevice *device;
   int image_fd;
-  GQueue completed;
+  PbTestDriver driver;
   guint32 tag;
 } Fixture;
 
-static void
-on_complete (PbUrb *urb, gpointer user_data)
-{
-  Fixture *f = user_data;
-  g_queue_push_tail (&f->completed, urb);
-}
-
-static PbUrb *
-make_urb (Fixture *f, guint ep, PbUsbipDirection direction, guint32 length)
-{
-  PbUrb *urb = g_new0 (PbUrb, 1);
-  urb->ep = ep;
-  urb->direction = direction;
-  urb->type = pb_device_get_endpoint_type (f->device, ep, direction);
-  urb->length = length;
-  urb->buffer = g_malloc0 (MAX (length, 1));
-  urb->complete_func = on_complete;
-  urb->complete_data = f;
-  return urb;
-}
-
-static void
-free_urb (PbUrb *urb)
-{
-  g_free (urb->buffer);
-  g_free (urb);
-}
-
-static PbUrb *
-take_completed (Fixture *f, PbUrb *expected)
-{
-  g_assert_cmpuint (f->completed.length, >=, 1);
-  g_assert_true (g_queue_pop_head (&f->completed) == expected);
-  return expected;
-}
-
+/* Runs a control request; returns its status, copying IN data to data when given. */
 static gint32
-control (Fixture *f, guint8 type, guint8 request, guint16 value, guint16 index, guint16 length, guint8 *data)
+control_status (Fixture *f, guint8 type, guint8 request, guint16 value, guint16 index, guint16 length, guint8 *data)
 {
-  PbUrb *urb = make_urb (f, 0, (type & 0x80) ? PB_USBIP_DIR_IN : PB_USBIP_DIR_OUT, length);
-  guint8 setup[8] = { type, request, value & 0xff, value >> 8, index & 0xff, index >> 8, length & 0xff, length >> 8 };
-  gint32 status;
+  PbUrb *urb = pb_test_driver_control (&f->driver, type, request, value, index, length, NULL);
+  gint32 status = urb->status;
 
-  memcpy (urb->setup, setup, 8);
-  pb_device_submit (f->device, urb);
-  take_completed (f, urb);
-  status = urb->status;
   if (data != NULL)
     memcpy (data, urb->buffer, urb->actual_length);
-  free_urb (urb);
+  pb_test_urb_free (urb);
   return status;
 }
 
@@ -91,14 +52,15 @@ fixture_setup (Fixture *f, gconstpointer read_only)
   f->storage = pb_mass_storage_new (f->image_fd, GPOINTER_TO_INT (read_only), &error);
   g_assert_no_error (error);
   f->device = PB_DEVICE (pb_mass_storage_get_device (f->storage));
+  pb_test_driver_init (&f->driver, f->device);
   g_assert_true (pb_device_open (f->device, &error));
-  g_assert_cmpint (control (f, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, NULL), ==, 0);
+  g_assert_cmpint (control_status (f, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, NULL), ==, 0);
 }
 
 static void
 fixture_teardown (Fixture *f, gconstpointer data)
 {
-  g_assert_cmpuint (f->completed.length, ==, 0);
+  g_assert_cmpuint (f->driver.completed.length, ==, 0);
   pb_device_close (f->device);
   g_object_unref (f->storage);
   close (f->image_fd);
@@ -108,7 +70,7 @@ fixture_teardown (Fixture *f, gconstpointer data)
 static guint32
 send_cbw (Fixture *f, guint32 data_length, gboolean data_in, const guint8 *cdb, guint8 cdb_length)
 {
-  PbUrb *urb = make_urb (f, 2, PB_USBIP_DIR_OUT, PB_BOT_CBW_SIZE);
+  PbUrb *urb = pb_test_driver_urb_new (&f->driver, 2, PB_USBIP_DIR_OUT, PB_BOT_CBW_SIZE);
   guint32 tag = ++f->tag;
   guint8 *b = urb->buffer;
 
@@ -119,20 +81,20 @@ send_cbw (Fixture *f, guint32 data_length, gboolean data_in, const guint8 *cdb, 
   b[14] = cdb_length;
   memcpy (b + 15, cdb, cdb_length);
   pb_device_submit (f->device, urb);
-  take_completed (f, urb);
+  pb_test_driver_take (&f->driver, urb);
   g_assert_cmpint (urb->status, ==, 0);
-  free_urb (urb);
+  pb_test_urb_free (urb);
   return tag;
 }
 
 static void
 expect_csw (Fixture *f, guint32 tag, guint32 residue, guint8 status)
 {
-  PbUrb *urb = make_urb (f, 1, PB_USBIP_DIR_IN, 13);
+  PbUrb *urb = pb_test_driver_urb_new (&f->driver, 1, PB_USBIP_DIR_IN, 13);
   guint32 value;
 
   pb_device_submit (f->device, urb);
-  take_completed (f, urb);
+  pb_test_driver_take (&f->driver, urb);
   g_assert_cmpint (urb->status, ==, 0);
   g_assert_cmpuint (urb->actual_length, ==, 13);
   g_assert_cmpmem (urb->buffer, 4, "USBS", 4);
@@ -141,15 +103,15 @@ expect_csw (Fixture *f, guint32 tag, guint32 residue, guint8 status)
   memcpy (&value, urb->buffer + 8, 4);
   g_assert_cmpuint (value, ==, residue);
   g_assert_cmpuint (urb->buffer[12], ==, status);
-  free_urb (urb);
+  pb_test_urb_free (urb);
 }
 
 static PbUrb *
 data_in (Fixture *f, guint32 length)
 {
-  PbUrb *urb = make_urb (f, 1, PB_USBIP_DIR_IN, length);
+  PbUrb *urb = pb_test_driver_urb_new (&f->driver, 1, PB_USBIP_DIR_IN, length);
   pb_device_submit (f->device, urb);
-  return take_completed (f, urb);
+  return pb_test_driver_take (&f->driver, urb);
 }
 
 static void
@@ -162,7 +124,7 @@ request_sense (Fixture *f, guint8 *key, guint8 *asc)
   g_assert_cmpuint (urb->actual_length, ==, 18);
   *key = urb->buffer[2] & 0x0f;
   *asc = urb->buffer[12];
-  free_urb (urb);
+  pb_test_urb_free (urb);
   expect_csw (f, tag, 0, 0);
 }
 
@@ -181,23 +143,23 @@ test_read_write (Fixture *f, gconstpointer data)
   g_assert_cmpuint (urb->actual_length, ==, 1024);
   g_assert_cmpuint (urb->buffer[0], ==, 5);
   g_assert_cmpuint (urb->buffer[1023], ==, 6);
-  free_urb (urb);
+  pb_test_urb_free (urb);
   expect_csw (f, tag, 0, 0);
 
   tag = send_cbw (f, 512, FALSE, write10, 10);
-  urb = make_urb (f, 2, PB_USBIP_DIR_OUT, 512);
+  urb = pb_test_driver_urb_new (&f->driver, 2, PB_USBIP_DIR_OUT, 512);
   memset (urb->buffer, 0xab, 512);
   {
-    PbUrb *csw = make_urb (f, 1, PB_USBIP_DIR_IN, 13);
+    PbUrb *csw = pb_test_driver_urb_new (&f->driver, 1, PB_USBIP_DIR_IN, 13);
     pb_device_submit (f->device, csw); /* queued before the data arrives */
-    g_assert_cmpuint (f->completed.length, ==, 0);
+    g_assert_cmpuint (f->driver.completed.length, ==, 0);
     pb_device_submit (f->device, urb);
-    take_completed (f, urb);
-    take_completed (f, csw);
+    pb_test_driver_take (&f->driver, urb);
+    pb_test_driver_take (&f->driver, csw);
     g_assert_cmpuint (csw->buffer[12], ==, 0);
-    free_urb (csw);
+    pb_test_urb_free (csw);
   }
-  free_urb (urb);
+  pb_test_urb_free (urb);
   g_assert_cmpint (pread (f->image_fd, block, 512, 9 * 512), ==, 512);
   g_assert_cmpuint (block[0], ==, 0xab);
   g_assert_cmpuint (block[511], ==, 0xab);
@@ -216,8 +178,8 @@ test_out_of_range_and_unknown (Fixture *f, gconstpointer data)
   /* No data: bulk IN stalls, the host clears it, the CSW says failed with the full residue. */
   urb = data_in (f, 1024);
   g_assert_cmpint (urb->status, ==, PB_URB_EPIPE);
-  free_urb (urb);
-  g_assert_cmpint (control (f, 0x02, PB_USB_REQ_CLEAR_FEATURE, 0, 0x81, 0, NULL), ==, 0);
+  pb_test_urb_free (urb);
+  g_assert_cmpint (control_status (f, 0x02, PB_USB_REQ_CLEAR_FEATURE, 0, 0x81, 0, NULL), ==, 0);
   expect_csw (f, tag, 1024, 1);
   request_sense (f, &key, &asc);
   g_assert_cmpuint (key, ==, PB_SCSI_SENSE_ILLEGAL_REQUEST);
@@ -244,22 +206,22 @@ test_residue_and_phase (Fixture *f, gconstpointer data)
   urb = data_in (f, 96);
   g_assert_cmpuint (urb->actual_length, ==, 36);
   g_assert_cmpmem (urb->buffer + 16, 12, "Virtual Disk", 12);
-  free_urb (urb);
+  pb_test_urb_free (urb);
   expect_csw (f, tag, 96 - 36, 0);
 
   /* The host expects less than the command moves (case 7): phase error. */
   tag = send_cbw (f, 512, TRUE, read_two, 10);
   urb = data_in (f, 512);
   g_assert_cmpuint (urb->actual_length, ==, 512);
-  free_urb (urb);
+  pb_test_urb_free (urb);
   expect_csw (f, tag, 0, 2);
 
   /* The host sends data with a command that takes none (case 9/11 family): accepted, residue. */
   tag = send_cbw (f, 512, FALSE, tur, 6);
-  urb = make_urb (f, 2, PB_USBIP_DIR_OUT, 512);
+  urb = pb_test_driver_urb_new (&f->driver, 2, PB_USBIP_DIR_OUT, 512);
   pb_device_submit (f->device, urb);
-  take_completed (f, urb);
-  free_urb (urb);
+  pb_test_driver_take (&f->driver, urb);
+  pb_test_urb_free (urb);
   expect_csw (f, tag, 512, 0);
 }
 
@@ -267,29 +229,29 @@ static void
 test_invalid_cbw_needs_reset (Fixture *f, gconstpointer data)
 {
   static const guint8 tur[6] = { 0 };
-  PbUrb *urb = make_urb (f, 2, PB_USBIP_DIR_OUT, 31);
+  PbUrb *urb = pb_test_driver_urb_new (&f->driver, 2, PB_USBIP_DIR_OUT, 31);
   guint8 max_lun = 0xff;
   guint32 tag;
 
   memset (urb->buffer, 0x5a, 31); /* no signature */
   pb_device_submit (f->device, urb);
-  take_completed (f, urb);
-  free_urb (urb);
+  pb_test_driver_take (&f->driver, urb);
+  pb_test_urb_free (urb);
 
   /* Both pipes stay halted, even after CLEAR_FEATURE, until a reset recovery. */
   urb = data_in (f, 13);
   g_assert_cmpint (urb->status, ==, PB_URB_EPIPE);
-  free_urb (urb);
-  g_assert_cmpint (control (f, 0x02, PB_USB_REQ_CLEAR_FEATURE, 0, 0x81, 0, NULL), ==, 0);
+  pb_test_urb_free (urb);
+  g_assert_cmpint (control_status (f, 0x02, PB_USB_REQ_CLEAR_FEATURE, 0, 0x81, 0, NULL), ==, 0);
   g_assert_true (pb_virtual_device_get_halt (pb_mass_storage_get_device (f->storage), 0x81));
 
-  g_assert_cmpint (control (f, 0x21, 0xff, 0, 0, 0, NULL), ==, 0); /* Bulk-Only Mass Storage Reset */
-  g_assert_cmpint (control (f, 0x02, PB_USB_REQ_CLEAR_FEATURE, 0, 0x81, 0, NULL), ==, 0);
-  g_assert_cmpint (control (f, 0x02, PB_USB_REQ_CLEAR_FEATURE, 0, 0x02, 0, NULL), ==, 0);
+  g_assert_cmpint (control_status (f, 0x21, 0xff, 0, 0, 0, NULL), ==, 0); /* Bulk-Only Mass Storage Reset */
+  g_assert_cmpint (control_status (f, 0x02, PB_USB_REQ_CLEAR_FEATURE, 0, 0x81, 0, NULL), ==, 0);
+  g_assert_cmpint (control_status (f, 0x02, PB_USB_REQ_CLEAR_FEATURE, 0, 0x02, 0, NULL), ==, 0);
   g_assert_false (pb_virtual_device_get_halt (pb_mass_storage_get_device (f->storage), 0x81));
   g_assert_false (pb_virtual_device_get_halt (pb_mass_storage_get_device (f->storage), 0x02));
 
-  g_assert_cmpint (control (f, 0xa1, 0xfe, 0, 0, 1, &max_lun), ==, 0);
+  g_assert_cmpint (control_status (f, 0xa1, 0xfe, 0, 0, 1, &max_lun), ==, 0);
   g_assert_cmpuint (max_lun, ==, 0);
   tag = send_cbw (f, 0, FALSE, tur, 6);
   expect_csw (f, tag, 0, 0);
@@ -298,15 +260,15 @@ test_invalid_cbw_needs_reset (Fixture *f, gconstpointer data)
 static void
 test_cancel_held (Fixture *f, gconstpointer data)
 {
-  PbUrb *urb = make_urb (f, 1, PB_USBIP_DIR_IN, 13);
+  PbUrb *urb = pb_test_driver_urb_new (&f->driver, 1, PB_USBIP_DIR_IN, 13);
 
   pb_device_submit (f->device, urb);
-  g_assert_cmpuint (f->completed.length, ==, 0);
+  g_assert_cmpuint (f->driver.completed.length, ==, 0);
   urb->cancelled = TRUE;
   pb_device_cancel (f->device, urb);
-  take_completed (f, urb);
+  pb_test_driver_take (&f->driver, urb);
   g_assert_cmpint (urb->status, ==, PB_URB_ECONNRESET);
-  free_urb (urb);
+  pb_test_urb_free (urb);
 }
 
 static void
@@ -324,16 +286,16 @@ test_read_only (Fixture *f, gconstpointer data)
   actual = urb->actual_length;
   g_assert_cmpuint (urb->buffer[2] & 0x80, ==, 0x80); /* write protect */
   g_assert_cmpuint (urb->buffer[0] + 1u, ==, actual);
-  free_urb (urb);
+  pb_test_urb_free (urb);
   expect_csw (f, tag, 192 - actual, 0);
 
   /* The data is taken and dropped; the command fails with DATA PROTECT; the image is intact. */
   tag = send_cbw (f, 512, FALSE, write10, 10);
-  urb = make_urb (f, 2, PB_USBIP_DIR_OUT, 512);
+  urb = pb_test_driver_urb_new (&f->driver, 2, PB_USBIP_DIR_OUT, 512);
   memset (urb->buffer, 0xee, 512);
   pb_device_submit (f->device, urb);
-  take_completed (f, urb);
-  free_urb (urb);
+  pb_test_driver_take (&f->driver, urb);
+  pb_test_urb_free (urb);
   expect_csw (f, tag, 512, 1);
   request_sense (f, &key, &asc);
   g_assert_cmpuint (key, ==, PB_SCSI_SENSE_DATA_PROTECT);

@@ -5,51 +5,21 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "pb-test-util.h"
 #include "pb-error.h"
 #include "pb-serial.h"
 
 typedef struct {
   PbSerial *serial;
   PbDevice *device;
-  GQueue completed;
-  guint32 next_seqnum;
+  PbTestDriver driver;
   int slave_fd; /* the test's own fd on the pty, as a local program would open it */
 } Fixture;
-
-static void
-on_complete (PbUrb *urb, gpointer user_data)
-{
-  Fixture *f = user_data;
-  g_queue_push_tail (&f->completed, urb);
-}
-
-static PbUrb *
-make_urb (Fixture *f, guint ep, PbUsbipDirection direction, guint32 length)
-{
-  PbUrb *urb = g_new0 (PbUrb, 1);
-
-  urb->seqnum = f->next_seqnum++;
-  urb->ep = ep;
-  urb->direction = direction;
-  urb->type = pb_device_get_endpoint_type (f->device, ep, direction);
-  urb->length = length;
-  urb->buffer = g_malloc0 (length + 1);
-  urb->complete_func = on_complete;
-  urb->complete_data = f;
-  return urb;
-}
-
-static void
-free_urb (PbUrb *urb)
-{
-  g_free (urb->buffer);
-  g_free (urb);
-}
 
 static PbUrb *
 submit_out (Fixture *f, const void *data, guint32 length)
 {
-  PbUrb *urb = make_urb (f, 2, PB_USBIP_DIR_OUT, length);
+  PbUrb *urb = pb_test_driver_urb_new (&f->driver, 2, PB_USBIP_DIR_OUT, length);
 
   memcpy (urb->buffer, data, length);
   pb_device_submit (f->device, urb);
@@ -59,40 +29,10 @@ submit_out (Fixture *f, const void *data, guint32 length)
 static PbUrb *
 submit_in (Fixture *f, guint32 length)
 {
-  PbUrb *urb = make_urb (f, 1, PB_USBIP_DIR_IN, length);
+  PbUrb *urb = pb_test_driver_urb_new (&f->driver, 1, PB_USBIP_DIR_IN, length);
 
   pb_device_submit (f->device, urb);
   return urb;
-}
-
-static PbUrb *
-control (Fixture *f, guint8 request_type, guint8 request, guint16 value, guint16 index, guint16 length,
-         const guint8 *out_data)
-{
-  PbUrb *urb = make_urb (f, 0, (request_type & PB_USB_DIR_IN) ? PB_USBIP_DIR_IN : PB_USBIP_DIR_OUT, length);
-  guint8 setup[8] = { request_type, request, value & 0xff, value >> 8, index & 0xff, index >> 8,
-                      length & 0xff, length >> 8 };
-
-  memcpy (urb->setup, setup, 8);
-  if (out_data != NULL)
-    memcpy (urb->buffer, out_data, length);
-  pb_device_submit (f->device, urb);
-  g_assert_cmpuint (f->completed.length, ==, 1);
-  g_assert_true (g_queue_pop_head (&f->completed) == urb);
-  return urb;
-}
-
-static void
-expect_control (Fixture *f, guint8 request_type, guint8 request, guint16 value, guint16 index, guint16 length,
-                const guint8 *out_data, gint32 status, const guint8 *data, guint32 data_len)
-{
-  PbUrb *urb = control (f, request_type, request, value, index, length, out_data);
-
-  g_assert_cmpint (urb->status, ==, status);
-  g_assert_cmpuint (urb->actual_length, ==, data_len);
-  if (data != NULL)
-    g_assert_cmpmem (urb->buffer, urb->actual_length, data, data_len);
-  free_urb (urb);
 }
 
 static void
@@ -107,10 +47,11 @@ fixture_setup (Fixture *f, gconstpointer data)
   g_assert_no_error (error);
   g_assert_nonnull (f->serial);
   f->device = PB_DEVICE (pb_serial_get_device (f->serial));
+  pb_test_driver_init (&f->driver, f->device);
   pb_device_set_address (f->device, 100, 3, "100-3");
   g_assert_true (pb_device_open (f->device, &error));
   g_assert_no_error (error);
-  expect_control (f, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, NULL, PB_URB_OK, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, NULL, PB_URB_OK, NULL, 0);
 
   if (mode == PB_SERIAL_MODE_PTY)
     {
@@ -125,7 +66,7 @@ fixture_setup (Fixture *f, gconstpointer data)
 static void
 fixture_teardown (Fixture *f, gconstpointer data)
 {
-  g_assert_cmpuint (f->completed.length, ==, 0);
+  g_assert_cmpuint (f->driver.completed.length, ==, 0);
   if (f->slave_fd >= 0)
     close (f->slave_fd);
   pb_device_close (f->device);
@@ -141,13 +82,13 @@ wait_for (Fixture *f, PbUrb *urb)
 {
   gint64 deadline = g_get_monotonic_time () + 5 * G_USEC_PER_SEC;
 
-  while (g_queue_find (&f->completed, urb) == NULL)
+  while (g_queue_find (&f->driver.completed, urb) == NULL)
     {
       g_assert_cmpint (g_get_monotonic_time (), <, deadline);
       if (!g_main_context_iteration (NULL, FALSE))
         g_usleep (1000);
     }
-  g_queue_remove (&f->completed, urb);
+  g_queue_remove (&f->driver.completed, urb);
 }
 
 /* Lets the main context run for a moment and checks nothing completed. */
@@ -159,7 +100,7 @@ expect_nothing_for_a_while (Fixture *f)
   while (g_get_monotonic_time () < until)
     if (!g_main_context_iteration (NULL, FALSE))
       g_usleep (1000);
-  g_assert_cmpuint (f->completed.length, ==, 0);
+  g_assert_cmpuint (f->driver.completed.length, ==, 0);
 }
 
 static void
@@ -167,10 +108,10 @@ cancel (Fixture *f, PbUrb *urb, guint32 expected_length)
 {
   urb->cancelled = TRUE;
   pb_device_cancel (f->device, urb);
-  g_assert_true (g_queue_pop_head (&f->completed) == urb);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == urb);
   g_assert_cmpint (urb->status, ==, PB_URB_ECONNRESET);
   g_assert_cmpuint (urb->actual_length, ==, expected_length);
-  free_urb (urb);
+  pb_test_urb_free (urb);
 }
 
 static void
@@ -190,25 +131,25 @@ test_descriptors (Fixture *f, gconstpointer data)
   PbUsbipDeviceRecord record;
   PbUrb *urb;
 
-  urb = control (f, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0100, 0, 18, NULL);
+  urb = pb_test_driver_control (&f->driver, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0100, 0, 18, NULL);
   g_assert_cmpint (urb->status, ==, PB_URB_OK);
   g_assert_cmpuint (urb->actual_length, ==, 18);
   g_assert_cmpuint (urb->buffer[4], ==, 0x02); /* bDeviceClass: communications */
-  free_urb (urb);
+  pb_test_urb_free (urb);
 
-  urb = control (f, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0200, 0, 512, NULL);
+  urb = pb_test_driver_control (&f->driver, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0200, 0, 512, NULL);
   g_assert_cmpint (urb->status, ==, PB_URB_OK);
   g_assert_cmpuint (urb->actual_length, ==, 9 + sizeof expected_functional);
   g_assert_cmpuint (urb->buffer[2], ==, 9 + sizeof expected_functional);
   g_assert_cmpuint (urb->buffer[4], ==, 2);
   g_assert_cmpmem (urb->buffer + 9, urb->actual_length - 9, expected_functional, sizeof expected_functional);
-  free_urb (urb);
+  pb_test_urb_free (urb);
 
-  urb = control (f, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0302, 0x0409, 255, NULL);
+  urb = pb_test_driver_control (&f->driver, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0302, 0x0409, 255, NULL);
   g_assert_cmpuint (urb->buffer[0], ==, 2 + 2 * strlen ("Plugboard Virtual Serial"));
   g_assert_cmpuint (urb->buffer[2], ==, 'P');
   g_assert_cmpuint (urb->buffer[2 + 2 * 18], ==, 'S');
-  free_urb (urb);
+  pb_test_urb_free (urb);
 
   pb_device_describe (f->device, &record);
   g_assert_cmpuint (record.speed, ==, PB_USBIP_SPEED_HIGH);
@@ -232,9 +173,9 @@ test_line_coding (Fixture *f, gconstpointer data)
   guint32 rate;
   guint8 stop_bits, parity, data_bits;
 
-  expect_control (f, 0xa1, 0x21, 0, 0, 7, NULL, PB_URB_OK, default_coding, 7);
-  expect_control (f, 0x21, 0x20, 0, 0, 7, fast_even, PB_URB_OK, NULL, 7);
-  expect_control (f, 0xa1, 0x21, 0, 0, 7, NULL, PB_URB_OK, fast_even, 7);
+  pb_test_driver_expect_control (&f->driver, 0xa1, 0x21, 0, 0, 7, NULL, PB_URB_OK, default_coding, 7);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x20, 0, 0, 7, fast_even, PB_URB_OK, NULL, 7);
+  pb_test_driver_expect_control (&f->driver, 0xa1, 0x21, 0, 0, 7, NULL, PB_URB_OK, fast_even, 7);
   pb_serial_get_line_coding (f->serial, &rate, &stop_bits, &parity, &data_bits);
   g_assert_cmpuint (rate, ==, 115200);
   g_assert_cmpuint (stop_bits, ==, 2);
@@ -242,35 +183,35 @@ test_line_coding (Fixture *f, gconstpointer data)
   g_assert_cmpuint (data_bits, ==, 7);
 
   /* Out-of-range values and short data stall and change nothing. */
-  expect_control (f, 0x21, 0x20, 0, 0, 7, nine_bits, PB_URB_EPIPE, NULL, 0);
-  expect_control (f, 0x21, 0x20, 0, 0, 7, zero_rate, PB_URB_EPIPE, NULL, 0);
-  expect_control (f, 0x21, 0x20, 0, 0, 6, fast_even, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x20, 0, 0, 7, nine_bits, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x20, 0, 0, 7, zero_rate, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x20, 0, 0, 6, fast_even, PB_URB_EPIPE, NULL, 0);
   /* To the data interface instead of the communications one. */
-  expect_control (f, 0x21, 0x20, 0, 1, 7, default_coding, PB_URB_EPIPE, NULL, 0);
-  expect_control (f, 0xa1, 0x21, 0, 0, 7, NULL, PB_URB_OK, fast_even, 7);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x20, 0, 1, 7, default_coding, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0xa1, 0x21, 0, 0, 7, NULL, PB_URB_OK, fast_even, 7);
   /* A short read gets a prefix. */
-  expect_control (f, 0xa1, 0x21, 0, 0, 4, NULL, PB_URB_OK, fast_even, 4);
+  pb_test_driver_expect_control (&f->driver, 0xa1, 0x21, 0, 0, 4, NULL, PB_URB_OK, fast_even, 4);
 
   /* A new import starts from the defaults. */
   pb_device_close (f->device);
   g_assert_true (pb_device_open (f->device, NULL));
-  expect_control (f, 0xa1, 0x21, 0, 0, 7, NULL, PB_URB_OK, default_coding, 7);
+  pb_test_driver_expect_control (&f->driver, 0xa1, 0x21, 0, 0, 7, NULL, PB_URB_OK, default_coding, 7);
 }
 
 static void
 test_control_lines (Fixture *f, gconstpointer data)
 {
   g_assert_cmpuint (pb_serial_get_control_lines (f->serial), ==, 0);
-  expect_control (f, 0x21, 0x22, 0x0003, 0, 0, NULL, PB_URB_OK, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x22, 0x0003, 0, 0, NULL, PB_URB_OK, NULL, 0);
   g_assert_cmpuint (pb_serial_get_control_lines (f->serial), ==, 3);
-  expect_control (f, 0x21, 0x22, 0x0002, 0, 0, NULL, PB_URB_OK, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x22, 0x0002, 0, 0, NULL, PB_URB_OK, NULL, 0);
   g_assert_cmpuint (pb_serial_get_control_lines (f->serial), ==, 2);
-  expect_control (f, 0x21, 0x22, 0x0001, 1, 0, NULL, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x22, 0x0001, 1, 0, NULL, PB_URB_EPIPE, NULL, 0);
   g_assert_cmpuint (pb_serial_get_control_lines (f->serial), ==, 2);
-  expect_control (f, 0x21, 0x23, 250, 0, 0, NULL, PB_URB_OK, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x23, 250, 0, 0, NULL, PB_URB_OK, NULL, 0);
   /* Encapsulated commands are not offered, nor vendor requests. */
-  expect_control (f, 0x21, 0x00, 0, 0, 4, (const guint8 *) "ATZ\r", PB_URB_EPIPE, NULL, 0);
-  expect_control (f, 0xc0, 0x01, 0, 0, 1, NULL, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0x00, 0, 0, 4, (const guint8 *) "ATZ\r", PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0xc0, 0x01, 0, 0, 1, NULL, PB_URB_EPIPE, NULL, 0);
 }
 
 static void
@@ -280,36 +221,36 @@ test_echo (Fixture *f, gconstpointer data)
 
   /* Nothing to read yet: the IN waits until the host writes. */
   in = submit_in (f, 512);
-  notify = make_urb (f, 3, PB_USBIP_DIR_IN, 16);
+  notify = pb_test_driver_urb_new (&f->driver, 3, PB_USBIP_DIR_IN, 16);
   pb_device_submit (f->device, notify);
-  g_assert_cmpuint (f->completed.length, ==, 0);
+  g_assert_cmpuint (f->driver.completed.length, ==, 0);
 
   out = submit_out (f, "hello\n", 6);
-  g_assert_cmpuint (f->completed.length, ==, 2);
-  g_assert_true (g_queue_pop_head (&f->completed) == out);
+  g_assert_cmpuint (f->driver.completed.length, ==, 2);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == out);
   g_assert_cmpint (out->status, ==, PB_URB_OK);
   g_assert_cmpuint (out->actual_length, ==, 6);
-  g_assert_true (g_queue_pop_head (&f->completed) == in);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == in);
   g_assert_cmpint (in->status, ==, PB_URB_OK);
   g_assert_cmpmem (in->buffer, in->actual_length, "hello\n", 6);
-  free_urb (in);
-  free_urb (out);
+  pb_test_urb_free (in);
+  pb_test_urb_free (out);
 
   /* Written first, read later in smaller pieces, in order. */
   out = submit_out (f, "0123456789", 10);
-  g_assert_true (g_queue_pop_head (&f->completed) == out);
-  free_urb (out);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == out);
+  pb_test_urb_free (out);
   in = submit_in (f, 4);
-  g_assert_true (g_queue_pop_head (&f->completed) == in);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == in);
   g_assert_cmpmem (in->buffer, in->actual_length, "0123", 4);
-  free_urb (in);
+  pb_test_urb_free (in);
   in = submit_in (f, 512);
-  g_assert_true (g_queue_pop_head (&f->completed) == in);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == in);
   g_assert_cmpmem (in->buffer, in->actual_length, "456789", 6);
-  free_urb (in);
+  pb_test_urb_free (in);
 
   /* The notification endpoint has nothing to say; it waits until cancelled. */
-  g_assert_cmpuint (f->completed.length, ==, 0);
+  g_assert_cmpuint (f->driver.completed.length, ==, 0);
   cancel (f, notify, 0);
 }
 
@@ -328,28 +269,28 @@ test_echo_back_pressure (Fixture *f, gconstpointer data)
 
   out = submit_out (f, pattern, total);
   second = submit_out (f, "tail", 4);
-  g_assert_cmpuint (f->completed.length, ==, 0);
+  g_assert_cmpuint (f->driver.completed.length, ==, 0);
 
   while (received->len < total + 4)
     {
       in = submit_in (f, 16 * 1024);
-      g_assert_true (g_queue_pop_head (&f->completed) == in);
+      g_assert_true (g_queue_pop_head (&f->driver.completed) == in);
       g_assert_cmpint (in->status, ==, PB_URB_OK);
       g_assert_cmpuint (in->actual_length, >, 0);
       g_byte_array_append (received, in->buffer, in->actual_length);
-      free_urb (in);
+      pb_test_urb_free (in);
       /* The big OUT finishes once the rest of it fits; the second follows it. */
       if (received->len + 64 * 1024 >= total && out != NULL)
         {
-          g_assert_true (g_queue_pop_head (&f->completed) == out);
+          g_assert_true (g_queue_pop_head (&f->driver.completed) == out);
           g_assert_cmpint (out->status, ==, PB_URB_OK);
           g_assert_cmpuint (out->actual_length, ==, total);
-          free_urb (out);
+          pb_test_urb_free (out);
           out = NULL;
-          g_assert_true (g_queue_pop_head (&f->completed) == second);
-          free_urb (second);
+          g_assert_true (g_queue_pop_head (&f->driver.completed) == second);
+          pb_test_urb_free (second);
         }
-      g_assert_cmpuint (f->completed.length, ==, 0);
+      g_assert_cmpuint (f->driver.completed.length, ==, 0);
     }
   g_assert_null (out);
   g_assert_cmpmem (received->data, total, pattern, total);
@@ -359,13 +300,13 @@ test_echo_back_pressure (Fixture *f, gconstpointer data)
   out = submit_out (f, pattern, total);
   cancel (f, out, 64 * 1024);
   in = submit_in (f, 128 * 1024);
-  g_assert_true (g_queue_pop_head (&f->completed) == in);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == in);
   g_assert_cmpmem (in->buffer, in->actual_length, pattern, 64 * 1024);
-  free_urb (in);
+  pb_test_urb_free (in);
 
   /* Cancelling a waiting IN. */
   in = submit_in (f, 512);
-  g_assert_cmpuint (f->completed.length, ==, 0);
+  g_assert_cmpuint (f->driver.completed.length, ==, 0);
   cancel (f, in, 0);
 }
 
@@ -389,15 +330,15 @@ test_pty_to_host (Fixture *f, gconstpointer data)
   g_assert_cmpint (in->status, ==, PB_URB_OK);
   /* Raw mode: control characters and CR/LF pass unchanged. */
   g_assert_cmpmem (in->buffer, in->actual_length, bytes, sizeof bytes);
-  free_urb (in);
+  pb_test_urb_free (in);
 
   /* Written while no IN waits: buffered and delivered on the next one. */
   write_slave (f, "later", 5);
   expect_nothing_for_a_while (f);
   in = submit_in (f, 512);
-  g_assert_true (g_queue_pop_head (&f->completed) == in);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == in);
   g_assert_cmpmem (in->buffer, in->actual_length, "later", 5);
-  free_urb (in);
+  pb_test_urb_free (in);
 
   /* The program closing its side does not break the port (no EIO on the master). */
   close (f->slave_fd);
@@ -409,7 +350,7 @@ test_pty_to_host (Fixture *f, gconstpointer data)
   write_slave (f, "again", 5);
   wait_for (f, in);
   g_assert_cmpmem (in->buffer, in->actual_length, "again", 5);
-  free_urb (in);
+  pb_test_urb_free (in);
 
   in = submit_in (f, 512);
   expect_nothing_for_a_while (f);
@@ -444,10 +385,10 @@ test_host_to_pty (Fixture *f, gconstpointer data)
   gboolean held = FALSE;
 
   out = submit_out (f, bytes, sizeof bytes);
-  g_assert_true (g_queue_pop_head (&f->completed) == out);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == out);
   g_assert_cmpint (out->status, ==, PB_URB_OK);
   g_assert_cmpuint (out->actual_length, ==, sizeof bytes);
-  free_urb (out);
+  pb_test_urb_free (out);
   deadline = g_get_monotonic_time () + 5 * G_USEC_PER_SEC;
   while (received->len < sizeof bytes)
     {
@@ -464,7 +405,7 @@ test_host_to_pty (Fixture *f, gconstpointer data)
     pattern[i] = (guint8) (i * 13 + (i >> 10));
   out = submit_out (f, pattern, total);
   second = submit_out (f, "end", 3);
-  if (f->completed.length == 0)
+  if (f->driver.completed.length == 0)
     held = TRUE;
   deadline = g_get_monotonic_time () + 10 * G_USEC_PER_SEC;
   while (received->len < total + 3)
@@ -484,26 +425,26 @@ test_host_to_pty (Fixture *f, gconstpointer data)
   g_assert_cmpmem (received->data, total, pattern, total);
   g_assert_cmpmem (received->data + total, 3, "end", 3);
   /* Both OUTs finished, in order. */
-  while (f->completed.length < 2)
+  while (f->driver.completed.length < 2)
     {
       g_assert_cmpint (g_get_monotonic_time (), <, deadline);
       if (!g_main_context_iteration (NULL, FALSE))
         g_usleep (500);
     }
-  g_assert_true (g_queue_pop_head (&f->completed) == out);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == out);
   g_assert_cmpint (out->status, ==, PB_URB_OK);
   g_assert_cmpuint (out->actual_length, ==, total);
-  g_assert_true (g_queue_pop_head (&f->completed) == second);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == second);
   g_assert_cmpuint (second->actual_length, ==, 3);
-  free_urb (out);
-  free_urb (second);
+  pb_test_urb_free (out);
+  pb_test_urb_free (second);
 
   /* A held OUT cancelled while the program does not read: part went to the pty, the rest not. */
   out = submit_out (f, pattern, total);
   expect_nothing_for_a_while (f);
   out->cancelled = TRUE;
   pb_device_cancel (f->device, out);
-  g_assert_true (g_queue_pop_head (&f->completed) == out);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == out);
   g_assert_cmpint (out->status, ==, PB_URB_ECONNRESET);
   g_assert_cmpuint (out->actual_length, >, 0);
   g_assert_cmpuint (out->actual_length, <, total);
@@ -522,7 +463,7 @@ test_host_to_pty (Fixture *f, gconstpointer data)
     g_assert_cmpuint (received->len, ==, went);
     g_assert_cmpmem (received->data, went, pattern, went);
   }
-  free_urb (out);
+  pb_test_urb_free (out);
 }
 
 /* The pty and the host both busy at once, as a terminal session would be. */
@@ -571,9 +512,9 @@ test_pty_both_ways (Fixture *f, gconstpointer data)
 
       if (!g_main_context_iteration (NULL, FALSE))
         g_usleep (200);
-      while (f->completed.length > 0)
+      while (f->driver.completed.length > 0)
         {
-          PbUrb *done = g_queue_pop_head (&f->completed);
+          PbUrb *done = g_queue_pop_head (&f->driver.completed);
 
           g_assert_cmpint (done->status, ==, PB_URB_OK);
           if (done == in)
@@ -588,7 +529,7 @@ test_pty_both_ways (Fixture *f, gconstpointer data)
               sent += done->length;
               out = NULL;
             }
-          free_urb (done);
+          pb_test_urb_free (done);
         }
     }
   g_assert_cmpuint (to_host->len, ==, total);
@@ -618,11 +559,11 @@ test_pty_reopen (Fixture *f, gconstpointer data)
 
   g_assert_true (pb_device_open (f->device, &error));
   g_assert_no_error (error);
-  expect_control (f, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, NULL, PB_URB_OK, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, NULL, PB_URB_OK, NULL, 0);
   in = submit_in (f, 512);
   wait_for (f, in);
   g_assert_cmpmem (in->buffer, in->actual_length, "between", 7);
-  free_urb (in);
+  pb_test_urb_free (in);
 }
 
 /* The device may outlive its PbSerial (a server still holds it): held URBs end, nothing crashes. */
@@ -638,23 +579,24 @@ test_device_outlives_serial (void)
   g_assert_no_error (error);
   device = g_object_ref (pb_serial_get_device (f->serial));
   f->device = PB_DEVICE (device);
+  pb_test_driver_init (&f->driver, f->device);
   g_assert_true (pb_device_open (f->device, &error));
-  expect_control (f, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, NULL, PB_URB_OK, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, NULL, PB_URB_OK, NULL, 0);
   in = submit_in (f, 512);
-  g_assert_cmpuint (f->completed.length, ==, 0);
+  g_assert_cmpuint (f->driver.completed.length, ==, 0);
 
   g_clear_object (&f->serial);
-  g_assert_true (g_queue_pop_head (&f->completed) == in);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == in);
   g_assert_cmpint (in->status, ==, PB_URB_ESHUTDOWN);
-  free_urb (in);
+  pb_test_urb_free (in);
   /* Its pty watch is gone with it. */
   g_assert_false (g_main_context_iteration (NULL, FALSE));
 
   in = submit_out (f, "x", 1);
-  g_assert_true (g_queue_pop_head (&f->completed) == in);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == in);
   g_assert_cmpint (in->status, ==, PB_URB_ESHUTDOWN);
-  free_urb (in);
-  expect_control (f, 0xa1, 0x21, 0, 0, 7, NULL, PB_URB_EPIPE, NULL, 0);
+  pb_test_urb_free (in);
+  pb_test_driver_expect_control (&f->driver, 0xa1, 0x21, 0, 0, 7, NULL, PB_URB_EPIPE, NULL, 0);
 
   pb_device_close (f->device);
   g_object_unref (device);

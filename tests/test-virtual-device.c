@@ -2,6 +2,7 @@
  * session would, and its rules: halts, per-endpoint order, cancel, descriptor validation. */
 #include <string.h>
 
+#include "pb-test-util.h"
 #include "pb-virtual-device.h"
 
 typedef struct {
@@ -97,67 +98,8 @@ static const guint8 report_descriptor[] = { 0x05, 0x01, 0x09, 0x06, 0xc0 };
 typedef struct {
   Program program;
   PbVirtualDevice *device;
-  GQueue completed;
-  guint32 next_seqnum;
+  PbTestDriver driver;
 } Fixture;
-
-static void
-on_complete (PbUrb *urb, gpointer user_data)
-{
-  Fixture *f = user_data;
-  g_queue_push_tail (&f->completed, urb);
-}
-
-static PbUrb *
-make_urb (Fixture *f, guint ep, PbUsbipDirection direction, guint32 length)
-{
-  PbUrb *urb = g_new0 (PbUrb, 1);
-
-  urb->seqnum = f->next_seqnum++;
-  urb->ep = ep;
-  urb->direction = direction;
-  urb->type = pb_device_get_endpoint_type (PB_DEVICE (f->device), ep, direction);
-  urb->length = length;
-  urb->buffer = g_malloc0 (length + 1);
-  urb->complete_func = on_complete;
-  urb->complete_data = f;
-  return urb;
-}
-
-static void
-free_urb (PbUrb *urb)
-{
-  g_free (urb->buffer);
-  g_free (urb);
-}
-
-/* Submits a control request and returns it completed (the framework answers at once). */
-static PbUrb *
-control (Fixture *f, guint8 request_type, guint8 request, guint16 value, guint16 index, guint16 length)
-{
-  PbUrb *urb = make_urb (f, 0, (request_type & PB_USB_DIR_IN) ? PB_USBIP_DIR_IN : PB_USBIP_DIR_OUT, length);
-  guint8 setup[8] = { request_type, request, value & 0xff, value >> 8, index & 0xff, index >> 8,
-                      length & 0xff, length >> 8 };
-
-  memcpy (urb->setup, setup, 8);
-  pb_device_submit (PB_DEVICE (f->device), urb);
-  g_assert_cmpuint (f->completed.length, ==, 1);
-  g_assert_true (g_queue_pop_head (&f->completed) == urb);
-  return urb;
-}
-
-static void
-expect_control (Fixture *f, guint8 request_type, guint8 request, guint16 value, guint16 index, guint16 length,
-                gint32 status, const guint8 *data, guint32 data_len)
-{
-  PbUrb *urb = control (f, request_type, request, value, index, length);
-
-  g_assert_cmpint (urb->status, ==, status);
-  g_assert_cmpuint (urb->actual_length, ==, data_len);
-  if (data != NULL)
-    g_assert_cmpmem (urb->buffer, urb->actual_length, data, data_len);
-  free_urb (urb);
-}
 
 static void
 fixture_setup (Fixture *f, gconstpointer data)
@@ -175,6 +117,7 @@ fixture_setup (Fixture *f, gconstpointer data)
   pb_virtual_device_set_string (f->device, 2, "Test gadget ✓");
   pb_virtual_device_add_descriptor (f->device, PB_USB_DT_HID_REPORT, 0, 0, report_descriptor, sizeof report_descriptor);
   pb_device_set_address (PB_DEVICE (f->device), 100, 7, "100-7");
+  pb_test_driver_init (&f->driver, PB_DEVICE (f->device));
   g_assert_true (pb_device_open (PB_DEVICE (f->device), &error));
   g_assert_no_error (error);
 }
@@ -183,7 +126,7 @@ static void
 fixture_teardown (Fixture *f, gconstpointer data)
 {
   g_assert_cmpuint (f->program.held.length, ==, 0);
-  g_assert_cmpuint (f->completed.length, ==, 0);
+  g_assert_cmpuint (f->driver.completed.length, ==, 0);
   pb_device_close (PB_DEVICE (f->device));
   g_object_unref (f->device);
 }
@@ -194,29 +137,29 @@ test_descriptors (Fixture *f, gconstpointer data)
   static const guint8 languages[] = { 4, 3, 0x09, 0x04 };
   static const guint8 manufacturer[] = { 20, 3, 'P', 0, 'l', 0, 'u', 0, 'g', 0, 'b', 0, 'o', 0, 'a', 0, 'r', 0, 'd', 0 };
 
-  expect_control (f, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0100, 0, 64, 0, device_descriptor, 18);
+  pb_test_driver_expect_control (&f->driver, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0100, 0, 64, NULL, 0, device_descriptor, 18);
   /* The host asks for 8 bytes first, as Linux does with ep0 max packet unknown. */
-  expect_control (f, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0100, 0, 8, 0, device_descriptor, 8);
-  expect_control (f, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0200, 0, 9, 0, configuration, 9);
-  expect_control (f, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0200, 0, 255, 0, configuration, sizeof configuration);
-  expect_control (f, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0300, 0, 255, 0, languages, sizeof languages);
-  expect_control (f, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0301, 0x0409, 255, 0, manufacturer, sizeof manufacturer);
+  pb_test_driver_expect_control (&f->driver, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0100, 0, 8, NULL, 0, device_descriptor, 8);
+  pb_test_driver_expect_control (&f->driver, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0200, 0, 9, NULL, 0, configuration, 9);
+  pb_test_driver_expect_control (&f->driver, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0200, 0, 255, NULL, 0, configuration, sizeof configuration);
+  pb_test_driver_expect_control (&f->driver, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0300, 0, 255, NULL, 0, languages, sizeof languages);
+  pb_test_driver_expect_control (&f->driver, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0301, 0x0409, 255, NULL, 0, manufacturer, sizeof manufacturer);
   /* A string in UTF-16LE with a non-ASCII character; length in the first byte. */
   {
-    PbUrb *urb = control (f, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0302, 0x0409, 255);
+    PbUrb *urb = pb_test_driver_control (&f->driver, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0302, 0x0409, 255, NULL);
     g_assert_cmpint (urb->status, ==, 0);
     g_assert_cmpuint (urb->buffer[0], ==, 2 + 2 * 13);
     g_assert_cmpuint (urb->buffer[2 + 2 * 12], ==, 0x13);
     g_assert_cmpuint (urb->buffer[3 + 2 * 12], ==, 0x27);
-    free_urb (urb);
+    pb_test_urb_free (urb);
   }
   /* Missing string and unknown descriptor stall, after the program was asked for each. */
-  expect_control (f, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0309, 0x0409, 255, PB_URB_EPIPE, NULL, 0);
-  expect_control (f, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0f00, 0, 255, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0309, 0x0409, 255, NULL, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0f00, 0, 255, NULL, PB_URB_EPIPE, NULL, 0);
   g_assert_cmpuint (f->program.controls, ==, 2);
   /* Extra descriptor by interface. */
-  expect_control (f, 0x81, PB_USB_REQ_GET_DESCRIPTOR, 0x2200, 0, 255, 0, report_descriptor, sizeof report_descriptor);
-  expect_control (f, 0x81, PB_USB_REQ_GET_DESCRIPTOR, 0x2200, 1, 255, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x81, PB_USB_REQ_GET_DESCRIPTOR, 0x2200, 0, 255, NULL, 0, report_descriptor, sizeof report_descriptor);
+  pb_test_driver_expect_control (&f->driver, 0x81, PB_USB_REQ_GET_DESCRIPTOR, 0x2200, 1, 255, NULL, PB_URB_EPIPE, NULL, 0);
 }
 
 static void
@@ -225,30 +168,30 @@ test_configuration_and_interfaces (Fixture *f, gconstpointer data)
   static const guint8 zero = 0, one = 1;
   static const guint8 self_powered[2] = { 1, 0 };
 
-  expect_control (f, 0x80, PB_USB_REQ_GET_CONFIGURATION, 0, 0, 1, 0, &zero, 1);
+  pb_test_driver_expect_control (&f->driver, 0x80, PB_USB_REQ_GET_CONFIGURATION, 0, 0, 1, NULL, 0, &zero, 1);
   /* Data endpoints do not exist while unconfigured. */
-  expect_control (f, 0x81, PB_USB_REQ_GET_INTERFACE, 0, 0, 1, PB_URB_EPIPE, NULL, 0);
-  expect_control (f, 0x00, PB_USB_REQ_SET_CONFIGURATION, 2, 0, 0, PB_URB_EPIPE, NULL, 0);
-  expect_control (f, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, 0, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x81, PB_USB_REQ_GET_INTERFACE, 0, 0, 1, NULL, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x00, PB_USB_REQ_SET_CONFIGURATION, 2, 0, 0, NULL, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, NULL, 0, NULL, 0);
   g_assert_cmpuint (f->program.last_configuration, ==, 1);
-  expect_control (f, 0x80, PB_USB_REQ_GET_CONFIGURATION, 0, 0, 1, 0, &one, 1);
+  pb_test_driver_expect_control (&f->driver, 0x80, PB_USB_REQ_GET_CONFIGURATION, 0, 0, 1, NULL, 0, &one, 1);
   g_assert_cmpuint (pb_virtual_device_get_configuration (f->device), ==, 1);
 
   g_assert_cmpint (pb_device_get_endpoint_type (PB_DEVICE (f->device), 1, PB_USBIP_DIR_IN), ==, PB_ENDPOINT_BULK);
   g_assert_cmpint (pb_device_get_endpoint_type (PB_DEVICE (f->device), 3, PB_USBIP_DIR_IN), ==, PB_ENDPOINT_ISOCHRONOUS);
   g_assert_cmpint (pb_device_get_endpoint_type (PB_DEVICE (f->device), 4, PB_USBIP_DIR_IN), ==, PB_ENDPOINT_UNKNOWN);
 
-  expect_control (f, 0x01, PB_USB_REQ_SET_INTERFACE, 2, 1, 0, PB_URB_EPIPE, NULL, 0);
-  expect_control (f, 0x01, PB_USB_REQ_SET_INTERFACE, 1, 1, 0, 0, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x01, PB_USB_REQ_SET_INTERFACE, 2, 1, 0, NULL, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x01, PB_USB_REQ_SET_INTERFACE, 1, 1, 0, NULL, 0, NULL, 0);
   g_assert_cmpint (f->program.last_interface_alt, ==, 1);
-  expect_control (f, 0x81, PB_USB_REQ_GET_INTERFACE, 0, 1, 1, 0, &one, 1);
+  pb_test_driver_expect_control (&f->driver, 0x81, PB_USB_REQ_GET_INTERFACE, 0, 1, 1, NULL, 0, &one, 1);
   g_assert_cmpuint (pb_virtual_device_get_alternate_setting (f->device, 1), ==, 1);
 
-  expect_control (f, 0x80, PB_USB_REQ_GET_STATUS, 0, 0, 2, 0, self_powered, 2);
-  expect_control (f, 0x00, PB_USB_REQ_SET_FEATURE, PB_USB_FEATURE_REMOTE_WAKEUP, 0, 0, 0, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x80, PB_USB_REQ_GET_STATUS, 0, 0, 2, NULL, 0, self_powered, 2);
+  pb_test_driver_expect_control (&f->driver, 0x00, PB_USB_REQ_SET_FEATURE, PB_USB_FEATURE_REMOTE_WAKEUP, 0, 0, NULL, 0, NULL, 0);
   {
     static const guint8 powered_wakeup[2] = { 3, 0 };
-    expect_control (f, 0x80, PB_USB_REQ_GET_STATUS, 0, 0, 2, 0, powered_wakeup, 2);
+    pb_test_driver_expect_control (&f->driver, 0x80, PB_USB_REQ_GET_STATUS, 0, 0, 2, NULL, 0, powered_wakeup, 2);
   }
 
   /* The device record follows the descriptors. */
@@ -277,38 +220,38 @@ test_halt (Fixture *f, gconstpointer data)
   static const guint8 halted[2] = { 1, 0 }, running[2] = { 0, 0 };
   PbUrb *urb;
 
-  expect_control (f, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, 0, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, NULL, 0, NULL, 0);
 
   /* The program stalls a transfer: the endpoint halts, later transfers stall without reaching
    * it, until CLEAR_FEATURE(ENDPOINT_HALT). */
-  urb = make_urb (f, 1, PB_USBIP_DIR_IN, 512);
+  urb = pb_test_driver_urb_new (&f->driver, 1, PB_USBIP_DIR_IN, 512);
   pb_device_submit (PB_DEVICE (f->device), urb);
   g_assert_true (g_queue_pop_head (&f->program.held) == urb);
   pb_urb_complete (urb, PB_URB_EPIPE, 0);
-  g_assert_true (g_queue_pop_head (&f->completed) == urb);
-  free_urb (urb);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == urb);
+  pb_test_urb_free (urb);
   g_assert_true (pb_virtual_device_get_halt (f->device, 0x81));
-  expect_control (f, 0x82, PB_USB_REQ_GET_STATUS, 0, 0x81, 2, 0, halted, 2);
+  pb_test_driver_expect_control (&f->driver, 0x82, PB_USB_REQ_GET_STATUS, 0, 0x81, 2, NULL, 0, halted, 2);
 
-  urb = make_urb (f, 1, PB_USBIP_DIR_IN, 512);
+  urb = pb_test_driver_urb_new (&f->driver, 1, PB_USBIP_DIR_IN, 512);
   pb_device_submit (PB_DEVICE (f->device), urb);
   g_assert_cmpuint (f->program.held.length, ==, 0);
-  g_assert_true (g_queue_pop_head (&f->completed) == urb);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == urb);
   g_assert_cmpint (urb->status, ==, PB_URB_EPIPE);
-  free_urb (urb);
+  pb_test_urb_free (urb);
 
-  expect_control (f, 0x02, PB_USB_REQ_CLEAR_FEATURE, PB_USB_FEATURE_ENDPOINT_HALT, 0x81, 0, 0, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x02, PB_USB_REQ_CLEAR_FEATURE, PB_USB_FEATURE_ENDPOINT_HALT, 0x81, 0, NULL, 0, NULL, 0);
   g_assert_cmpuint (f->program.last_clear_halt, ==, 0x81);
-  expect_control (f, 0x82, PB_USB_REQ_GET_STATUS, 0, 0x81, 2, 0, running, 2);
+  pb_test_driver_expect_control (&f->driver, 0x82, PB_USB_REQ_GET_STATUS, 0, 0x81, 2, NULL, 0, running, 2);
   /* The OUT endpoint with the same number is a different endpoint. */
-  expect_control (f, 0x02, PB_USB_REQ_SET_FEATURE, PB_USB_FEATURE_ENDPOINT_HALT, 0x02, 0, 0, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x02, PB_USB_REQ_SET_FEATURE, PB_USB_FEATURE_ENDPOINT_HALT, 0x02, 0, NULL, 0, NULL, 0);
   g_assert_true (pb_virtual_device_get_halt (f->device, 0x02));
   g_assert_false (pb_virtual_device_get_halt (f->device, 0x81));
   /* An endpoint the configuration does not have. */
-  expect_control (f, 0x02, PB_USB_REQ_CLEAR_FEATURE, PB_USB_FEATURE_ENDPOINT_HALT, 0x85, 0, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x02, PB_USB_REQ_CLEAR_FEATURE, PB_USB_FEATURE_ENDPOINT_HALT, 0x85, 0, NULL, PB_URB_EPIPE, NULL, 0);
 
   /* A port reset clears halts and tells the program. */
-  expect_control (f, 0x23, PB_USB_REQ_SET_FEATURE, 4, 1, 0, 0, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0x23, PB_USB_REQ_SET_FEATURE, 4, 1, 0, NULL, 0, NULL, 0);
   g_assert_cmpuint (f->program.resets, ==, 1);
   g_assert_false (pb_virtual_device_get_halt (f->device, 0x02));
   g_assert_cmpuint (pb_virtual_device_get_configuration (f->device), ==, 1);
@@ -319,10 +262,10 @@ test_order_and_cancel (Fixture *f, gconstpointer data)
 {
   PbUrb *a, *b, *c;
 
-  expect_control (f, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, 0, NULL, 0);
-  a = make_urb (f, 1, PB_USBIP_DIR_IN, 512);
-  b = make_urb (f, 1, PB_USBIP_DIR_IN, 512);
-  c = make_urb (f, 2, PB_USBIP_DIR_OUT, 512);
+  pb_test_driver_expect_control (&f->driver, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, NULL, 0, NULL, 0);
+  a = pb_test_driver_urb_new (&f->driver, 1, PB_USBIP_DIR_IN, 512);
+  b = pb_test_driver_urb_new (&f->driver, 1, PB_USBIP_DIR_IN, 512);
+  c = pb_test_driver_urb_new (&f->driver, 2, PB_USBIP_DIR_OUT, 512);
   pb_device_submit (PB_DEVICE (f->device), a);
   pb_device_submit (PB_DEVICE (f->device), b);
   pb_device_submit (PB_DEVICE (f->device), c);
@@ -331,10 +274,10 @@ test_order_and_cancel (Fixture *f, gconstpointer data)
   /* b finishes first but waits for a; c on another endpoint goes at once. */
   g_queue_remove (&f->program.held, b);
   pb_urb_complete (b, PB_URB_OK, 5);
-  g_assert_cmpuint (f->completed.length, ==, 0);
+  g_assert_cmpuint (f->driver.completed.length, ==, 0);
   g_queue_remove (&f->program.held, c);
   pb_urb_complete (c, PB_URB_OK, 512);
-  g_assert_true (g_queue_pop_head (&f->completed) == c);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == c);
 
   /* Cancelling b does nothing more: the program is done with it. Cancelling a reaches it. */
   b->cancelled = TRUE;
@@ -343,13 +286,13 @@ test_order_and_cancel (Fixture *f, gconstpointer data)
   a->cancelled = TRUE;
   pb_device_cancel (PB_DEVICE (f->device), a);
   g_assert_cmpuint (f->program.cancels, ==, 1);
-  g_assert_true (g_queue_pop_head (&f->completed) == a);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == a);
   g_assert_cmpint (a->status, ==, PB_URB_ECONNRESET);
-  g_assert_true (g_queue_pop_head (&f->completed) == b);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == b);
   g_assert_cmpuint (b->actual_length, ==, 5);
-  free_urb (a);
-  free_urb (b);
-  free_urb (c);
+  pb_test_urb_free (a);
+  pb_test_urb_free (b);
+  pb_test_urb_free (c);
 }
 
 static void
@@ -358,21 +301,21 @@ test_vendor_request_and_clamp (Fixture *f, gconstpointer data)
   static const guint8 echoed[2] = { 0x34, 0x12 };
   PbUrb *urb;
 
-  expect_control (f, 0xc0, 0x42, 0x1234, 0, 2, 0, echoed, 2);
+  pb_test_driver_expect_control (&f->driver, 0xc0, 0x42, 0x1234, 0, 2, NULL, 0, echoed, 2);
   /* Unknown vendor request: the program declines, the framework stalls. */
-  expect_control (f, 0xc0, 0x43, 0, 0, 2, PB_URB_EPIPE, NULL, 0);
+  pb_test_driver_expect_control (&f->driver, 0xc0, 0x43, 0, 0, 2, NULL, PB_URB_EPIPE, NULL, 0);
 
   /* A program claiming more than the buffer holds is clamped, never sent over-long. */
-  expect_control (f, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, 0, NULL, 0);
-  urb = make_urb (f, 1, PB_USBIP_DIR_IN, 16);
+  pb_test_driver_expect_control (&f->driver, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, NULL, 0, NULL, 0);
+  urb = pb_test_driver_urb_new (&f->driver, 1, PB_USBIP_DIR_IN, 16);
   pb_device_submit (PB_DEVICE (f->device), urb);
   g_queue_remove (&f->program.held, urb);
   g_test_expect_message ("plugboard", G_LOG_LEVEL_WARNING, "*clamped*");
   pb_urb_complete (urb, PB_URB_OK, 4096);
   g_test_assert_expected_messages ();
-  g_assert_true (g_queue_pop_head (&f->completed) == urb);
+  g_assert_true (g_queue_pop_head (&f->driver.completed) == urb);
   g_assert_cmpuint (urb->actual_length, ==, 16);
-  free_urb (urb);
+  pb_test_urb_free (urb);
 }
 
 static void

@@ -352,6 +352,33 @@ test_descriptor_validation (void)
   g_assert_error (error, PB_ERROR, PB_ERROR_DEVICE);
 }
 
+/* The program goes away while someone still holds the device: nothing calls into it again. */
+static void
+test_detach (Fixture *f, gconstpointer data)
+{
+  static const guint8 zero_status[2] = { 0, 0 };
+  g_autoptr(GError) error = NULL;
+  PbUrb *urb;
+
+  pb_test_driver_expect_control (&f->driver, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, NULL, 0, NULL, 0);
+  pb_virtual_device_detach (f->device);
+  urb = pb_test_driver_urb_new (&f->driver, 1, PB_USBIP_DIR_IN, 64);
+  pb_device_submit (PB_DEVICE (f->device), urb);
+  pb_test_driver_take (&f->driver, urb);
+  g_assert_cmpint (urb->status, ==, PB_URB_ESHUTDOWN);
+  pb_test_urb_free (urb);
+  /* The vendor request the program answered before now stalls without reaching it. */
+  pb_test_driver_expect_control (&f->driver, 0xc0, 0x42, 0x1234, 0, 2, NULL, PB_URB_EPIPE, NULL, 0);
+  g_assert_cmpuint (f->program.controls, ==, 0);
+  pb_test_driver_expect_control (&f->driver, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0100, 0, 18, NULL, 0,
+                                 device_descriptor, 18);
+  pb_test_driver_expect_control (&f->driver, 0x82, PB_USB_REQ_GET_STATUS, 0, 0x81, 2, NULL, 0, zero_status, 2);
+  pb_device_close (PB_DEVICE (f->device));
+  g_assert_false (pb_device_open (PB_DEVICE (f->device), &error));
+  g_assert_error (error, PB_ERROR, PB_ERROR_DEVICE);
+  /* The fixture's teardown closes again: harmless. */
+}
+
 int
 main (int argc, char **argv)
 {
@@ -364,6 +391,7 @@ main (int argc, char **argv)
   g_test_add ("/virtual-device/order-and-cancel", Fixture, NULL, fixture_setup, test_order_and_cancel, fixture_teardown);
   g_test_add ("/virtual-device/vendor-request-and-clamp", Fixture, NULL, fixture_setup, test_vendor_request_and_clamp,
               fixture_teardown);
+  g_test_add ("/virtual-device/detach", Fixture, NULL, fixture_setup, test_detach, fixture_teardown);
   g_test_add_func ("/virtual-device/descriptor-validation", test_descriptor_validation);
   return g_test_run ();
 }

@@ -97,7 +97,6 @@ struct _PbKeyboard {
   PbVirtualDevice *device;
   /* The device's user_data: points back here until dispose, so a device that outlives its
    * keyboard (still held by a server) finds NULL instead of freed memory. */
-  PbKeyboard **link;
 
   /* Characters waiting to be typed, as (modifiers, usage) pairs from pending_offset on. */
   GByteArray *pending;
@@ -354,10 +353,10 @@ handle_class_request (PbKeyboard *self, PbUrb *urb, gint *leds_out)
 static gboolean
 keyboard_control (PbVirtualDevice *device, PbUrb *urb, gpointer user_data)
 {
-  PbKeyboard *self = *(PbKeyboard **) user_data;
+  PbKeyboard *self = user_data;
   gint leds = -1;
 
-  if (self == NULL || !handle_class_request (self, urb, &leds))
+  if (!handle_class_request (self, urb, &leds))
     return FALSE;
   if (leds >= 0)
     {
@@ -370,13 +369,8 @@ keyboard_control (PbVirtualDevice *device, PbUrb *urb, gpointer user_data)
 static void
 keyboard_transfer (PbVirtualDevice *device, PbUrb *urb, gpointer user_data)
 {
-  PbKeyboard *self = *(PbKeyboard **) user_data;
+  PbKeyboard *self = user_data;
 
-  if (self == NULL)
-    {
-      pb_urb_complete (urb, PB_URB_ESHUTDOWN, 0);
-      return;
-    }
   if (urb->ep != (INTERRUPT_IN_ADDRESS & 0x0f) || urb->direction != PB_USBIP_DIR_IN)
     {
       pb_urb_complete (urb, PB_URB_EPIPE, 0);
@@ -390,9 +384,9 @@ keyboard_transfer (PbVirtualDevice *device, PbUrb *urb, gpointer user_data)
 static void
 keyboard_cancel (PbVirtualDevice *device, PbUrb *urb, gpointer user_data)
 {
-  PbKeyboard *self = *(PbKeyboard **) user_data;
+  PbKeyboard *self = user_data;
 
-  if (self == NULL || urb->device_data != self)
+  if (urb->device_data != self)
     return;
   g_queue_unlink (&self->waiting_in, &urb->device_link);
   urb->device_data = NULL;
@@ -402,10 +396,8 @@ keyboard_cancel (PbVirtualDevice *device, PbUrb *urb, gpointer user_data)
 static void
 keyboard_opened (PbVirtualDevice *device, gpointer user_data)
 {
-  PbKeyboard *self = *(PbKeyboard **) user_data;
+  PbKeyboard *self = user_data;
 
-  if (self == NULL)
-    return;
   /* Text typed before the import stays queued: the host takes it once it polls. */
   reset_hid_state (self);
   memset (self->current_report, 0, REPORT_SIZE);
@@ -414,10 +406,8 @@ keyboard_opened (PbVirtualDevice *device, gpointer user_data)
 static void
 keyboard_closed (PbVirtualDevice *device, gpointer user_data)
 {
-  PbKeyboard *self = *(PbKeyboard **) user_data;
+  PbKeyboard *self = user_data;
 
-  if (self == NULL)
-    return;
   /* The framework completes every request before closing; this only guards that promise. */
   complete_all_held (self, PB_URB_ESHUTDOWN);
   /* Unplugged: what the host did not take is gone, and the LEDs go dark. */
@@ -433,10 +423,8 @@ keyboard_closed (PbVirtualDevice *device, gpointer user_data)
 static void
 keyboard_reset (PbVirtualDevice *device, gpointer user_data)
 {
-  PbKeyboard *self = *(PbKeyboard **) user_data;
+  PbKeyboard *self = user_data;
 
-  if (self == NULL)
-    return;
   /* A port reset returns the HID state to its defaults; queued text is the user's and stays. */
   reset_hid_state (self);
 }
@@ -526,11 +514,9 @@ pb_keyboard_dispose (GObject *object)
 
   /* Held URBs still belong to a session: finish them before the device loses its program. */
   complete_all_held (self, PB_URB_ESHUTDOWN);
-  if (self->link != NULL)
-    {
-      *self->link = NULL;
-      self->link = NULL;
-    }
+  /* A server or session may keep the device: it must never call into us again. */
+  if (self->device != NULL)
+    pb_virtual_device_detach (self->device);
   g_clear_object (&self->device);
   G_OBJECT_CLASS (pb_keyboard_parent_class)->dispose (object);
 }
@@ -567,9 +553,7 @@ pb_keyboard_init (PbKeyboard *self)
   self->pending = g_byte_array_new ();
   reset_hid_state (self);
 
-  self->link = g_new (PbKeyboard *, 1);
-  *self->link = self;
-  self->device = pb_virtual_device_new (&keyboard_ops, self->link, g_free);
+  self->device = pb_virtual_device_new (&keyboard_ops, self, NULL);
   /* Our own constant descriptors: failing here is a programming error. */
   if (!pb_virtual_device_set_descriptors (self->device, PB_USBIP_SPEED_FULL, device_descriptor,
                                           sizeof device_descriptor, configuration, sizeof configuration, &error))

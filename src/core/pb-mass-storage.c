@@ -454,13 +454,25 @@ pb_mass_storage_is_read_only (PbMassStorage *self)
 }
 
 static void
+pb_mass_storage_dispose (GObject *object)
+{
+  PbMassStorage *self = PB_MASS_STORAGE (object);
+  PbUrb *urb;
+
+  /* A server or session may keep the device: finish what we hold, then cut it loose. */
+  while ((urb = g_queue_pop_head (&self->held_in)) != NULL)
+    pb_urb_complete (urb, PB_URB_ESHUTDOWN, 0);
+  if (self->device != NULL)
+    pb_virtual_device_detach (self->device);
+  g_clear_object (&self->device);
+  G_OBJECT_CLASS (pb_mass_storage_parent_class)->dispose (object);
+}
+
+static void
 pb_mass_storage_finalize (GObject *object)
 {
   PbMassStorage *self = PB_MASS_STORAGE (object);
 
-  /* The device must not call back into us once we are gone. */
-  g_warn_if_fail (self->device == NULL || !pb_virtual_device_is_open (self->device));
-  g_clear_object (&self->device);
   if (self->fd >= 0)
     close (self->fd);
   G_OBJECT_CLASS (pb_mass_storage_parent_class)->finalize (object);
@@ -469,6 +481,7 @@ pb_mass_storage_finalize (GObject *object)
 static void
 pb_mass_storage_class_init (PbMassStorageClass *klass)
 {
+  G_OBJECT_CLASS (klass)->dispose = pb_mass_storage_dispose;
   G_OBJECT_CLASS (klass)->finalize = pb_mass_storage_finalize;
 }
 

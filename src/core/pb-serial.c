@@ -71,7 +71,6 @@ struct _PbSerial {
   PbVirtualDevice *device;
   /* The device's user_data: points back here until dispose, so a device that outlives its
    * PbSerial (still held by a server) finds NULL instead of freed memory. */
-  PbSerial **link;
   PbSerialMode mode;
 
   /* PTY mode. We keep our own slave fd open so that the master never sees EIO/HUP when the
@@ -471,12 +470,12 @@ line_coding_valid (const guint8 coding[7])
 static gboolean
 serial_control (PbVirtualDevice *device, PbUrb *urb, gpointer user_data)
 {
-  PbSerial *self = *(PbSerial **) user_data;
+  PbSerial *self = user_data;
   guint8 request_type = pb_urb_setup_request_type (urb);
   gboolean in = (request_type & PB_USB_DIR_IN) != 0;
 
   /* Class requests go to the communications interface, 0. */
-  if (self == NULL || (request_type & PB_USB_TYPE_MASK) != PB_USB_TYPE_CLASS ||
+  if ((request_type & PB_USB_TYPE_MASK) != PB_USB_TYPE_CLASS ||
       (request_type & PB_USB_RECIP_MASK) != PB_USB_RECIP_INTERFACE || pb_urb_setup_index (urb) != 0)
     return FALSE;
 
@@ -517,14 +516,9 @@ serial_control (PbVirtualDevice *device, PbUrb *urb, gpointer user_data)
 static void
 serial_transfer (PbVirtualDevice *device, PbUrb *urb, gpointer user_data)
 {
-  PbSerial *self = *(PbSerial **) user_data;
+  PbSerial *self = user_data;
   guint8 address = (guint8) (urb->ep | (urb->direction == PB_USBIP_DIR_IN ? PB_USB_DIR_IN : 0));
 
-  if (self == NULL)
-    {
-      pb_urb_complete (urb, PB_URB_ESHUTDOWN, 0);
-      return;
-    }
 
   switch (address)
     {
@@ -574,11 +568,11 @@ serial_transfer (PbVirtualDevice *device, PbUrb *urb, gpointer user_data)
 static void
 serial_cancel (PbVirtualDevice *device, PbUrb *urb, gpointer user_data)
 {
-  PbSerial *self = *(PbSerial **) user_data;
+  PbSerial *self = user_data;
   guint32 taken = 0;
 
   /* device_data is non-NULL exactly while we hold the URB. */
-  if (self == NULL || urb->device_data == NULL)
+  if (urb->device_data == NULL)
     return;
   if (urb->direction == PB_USBIP_DIR_OUT)
     {
@@ -601,10 +595,8 @@ serial_cancel (PbVirtualDevice *device, PbUrb *urb, gpointer user_data)
 static void
 serial_opened (PbVirtualDevice *device, gpointer user_data)
 {
-  PbSerial *self = *(PbSerial **) user_data;
+  PbSerial *self = user_data;
 
-  if (self == NULL)
-    return;
   reset_line_state (self);
   if (self->mode == PB_SERIAL_MODE_PTY)
     start_pty (self);
@@ -613,10 +605,8 @@ serial_opened (PbVirtualDevice *device, gpointer user_data)
 static void
 serial_closed (PbVirtualDevice *device, gpointer user_data)
 {
-  PbSerial *self = *(PbSerial **) user_data;
+  PbSerial *self = user_data;
 
-  if (self == NULL)
-    return;
   /* The framework completes every request before closing; this only guards that promise. */
   complete_queue (&self->waiting_in, PB_URB_ESHUTDOWN);
   complete_queue (&self->held_out, PB_URB_ESHUTDOWN);
@@ -697,9 +687,7 @@ pb_serial_new (PbSerialMode mode, GError **error)
   if (mode == PB_SERIAL_MODE_PTY && !open_pty (self, error))
     return NULL;
 
-  self->link = g_new (PbSerial *, 1);
-  *self->link = self;
-  self->device = pb_virtual_device_new (&serial_ops, self->link, g_free);
+  self->device = pb_virtual_device_new (&serial_ops, self, NULL);
   if (!pb_virtual_device_set_descriptors (self->device, PB_USBIP_SPEED_HIGH, device_descriptor,
                                           sizeof device_descriptor, configuration, sizeof configuration,
                                           &local_error))
@@ -766,11 +754,9 @@ pb_serial_dispose (GObject *object)
   complete_queue (&self->held_out, PB_URB_ESHUTDOWN);
   complete_queue (&self->waiting_notify, PB_URB_ESHUTDOWN);
   stop_pty (self);
-  if (self->link != NULL)
-    {
-      *self->link = NULL;
-      self->link = NULL;
-    }
+  /* A server or session may keep the device: it must never call into us again. */
+  if (self->device != NULL)
+    pb_virtual_device_detach (self->device);
   g_clear_object (&self->device);
   G_OBJECT_CLASS (pb_serial_parent_class)->dispose (object);
 }

@@ -46,6 +46,8 @@ struct _PbVirtualDevice {
   char *strings[256];
   GArray *extra_descriptors; /* ExtraDescriptor */
 
+  gboolean detached; /* the program is gone: ops and user_data are no longer valid */
+
   /* Host-visible state. */
   gboolean open;
   guint8 configuration_value; /* 0: unconfigured */
@@ -603,6 +605,11 @@ pb_virtual_device_open (PbDevice *device, GError **error)
       g_set_error_literal (error, PB_ERROR, PB_ERROR_DEVICE, "virtual device has no descriptors");
       return FALSE;
     }
+  if (self->detached)
+    {
+      g_set_error_literal (error, PB_ERROR, PB_ERROR_DEVICE, "the program behind this virtual device has gone");
+      return FALSE;
+    }
   /* Each import starts from a freshly plugged device. */
   self->configuration_value = 0;
   memset (self->alternate, 0, sizeof self->alternate);
@@ -622,7 +629,7 @@ pb_virtual_device_close (PbDevice *device)
 
   self->open = FALSE;
   self->configuration_value = 0;
-  if (self->ops->closed != NULL)
+  if (!self->detached && self->ops->closed != NULL)
     self->ops->closed (self, self->user_data);
 }
 
@@ -637,6 +644,14 @@ pb_virtual_device_submit (PbDevice *device, PbUrb *urb)
   urb->order_done = FALSE;
   urb->order_link.data = urb;
   g_queue_push_tail_link (&state->order, &urb->order_link);
+
+  /* No program any more: data transfers end as on an unplugged device; ep0 still gets the
+   * framework's standard answers, and requests for the program stall. */
+  if (self->detached && urb->ep != 0)
+    {
+      pb_urb_complete (urb, PB_URB_ESHUTDOWN, 0);
+      return;
+    }
 
   if (urb->ep == 0)
     {
@@ -658,7 +673,7 @@ pb_virtual_device_cancel (PbDevice *device, PbUrb *urb)
   PbVirtualDevice *self = PB_VIRTUAL_DEVICE (device);
 
   /* Already finished by the program and only waiting for its turn: nothing to cancel. */
-  if (urb->order_done)
+  if (urb->order_done || self->detached)
     return;
   if (self->ops->cancel != NULL)
     self->ops->cancel (self, urb, self->user_data);
@@ -707,6 +722,22 @@ pb_virtual_device_get_halt (PbVirtualDevice *self, guint8 endpoint_address)
 {
   g_return_val_if_fail (PB_IS_VIRTUAL_DEVICE (self), FALSE);
   return endpoint_state (self, endpoint_address & 0x8f)->halted;
+}
+
+void
+pb_virtual_device_detach (PbVirtualDevice *self)
+{
+  static const PbVirtualDeviceOps no_program = { 0 };
+
+  g_return_if_fail (PB_IS_VIRTUAL_DEVICE (self));
+  if (self->detached)
+    return;
+  self->detached = TRUE;
+  self->ops = &no_program;
+  if (self->user_data_free != NULL)
+    self->user_data_free (self->user_data);
+  self->user_data_free = NULL;
+  self->user_data = NULL;
 }
 
 gboolean

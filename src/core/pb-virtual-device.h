@@ -144,4 +144,11 @@ gboolean pb_virtual_device_get_halt (PbVirtualDevice *self, guint8 endpoint_addr
 /* TRUE while a client has the device imported. */
 gboolean pb_virtual_device_is_open (PbVirtualDevice *self);
 
+/* The program is going away (call it from its dispose): the device never calls it again. Later
+ * data transfers end with PB_URB_ESHUTDOWN, control requests for the program stall, and the
+ * standard requests are still answered. The program must have completed the requests it holds
+ * first. user_data_free runs now. Whoever else holds the device (a server, a session) stays
+ * safe; a new import is refused. */
+void pb_virtual_device_detach (PbVirtualDevice *self);
+
 G_END_DECLS

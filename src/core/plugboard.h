@@ -18,3 +18,4 @@
 #include "pb-mass-storage.h"
 #include "pb-keyboard.h"
 #include "pb-serial.h"
+#include "pb-vhci.h"

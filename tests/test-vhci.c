@@ -3,6 +3,7 @@
  * vhci-hcd: the real driver judges PbVhci in the QEMU suite (tests/vm, issue 3). */
 #include <glib/gstdio.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "pb-test-util.h"
 #include "pb-vhci.h"
@@ -131,6 +132,76 @@ test_missing (void)
   pb_test_remove_tree (root);
 }
 
+static char *
+run_cli (const char *root, const char *runtime, int *status, const char *const *args)
+{
+  g_autoptr(GPtrArray) argv = g_ptr_array_new ();
+  g_auto(GStrv) env = g_get_environ ();
+  g_autoptr(GError) error = NULL;
+  char *out = NULL;
+
+  env = g_environ_setenv (env, "PLUGBOARD_SYSFS_ROOT", root, TRUE);
+  env = g_environ_setenv (env, "PLUGBOARD_RUNTIME_DIR", runtime, TRUE);
+  g_ptr_array_add (argv, (char *) pb_test_plugboard_path ());
+  for (guint i = 0; args[i] != NULL; i++)
+    g_ptr_array_add (argv, (char *) args[i]);
+  g_ptr_array_add (argv, NULL);
+  g_assert_true (g_spawn_sync (NULL, (char **) argv->pdata, env, G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL, &out, NULL,
+                               status, &error));
+  g_assert_no_error (error);
+  return out;
+}
+
+/* `plugboard attach` imports from a real server, hands the socket to vhci-hcd (here: the
+ * laid-out tree, so only what is written is checked) and records where the port points;
+ * `plugboard port` shows it; `plugboard detach` writes the port and drops the record. */
+static void
+test_cli_attach_port_detach (void)
+{
+  g_autofree char *root = make_tree ("platform");
+  g_autofree char *runtime = g_build_filename (root, "run", NULL);
+  g_autoptr(PbTestServer) server = pb_test_server_start ("--virtual", "keyboard", NULL);
+  g_autofree char *port_text = g_strdup_printf ("%u", pb_test_server_get_port (server));
+  g_autofree char *out = NULL;
+  g_autofree char *record = NULL;
+  g_autofree char *record_path = g_build_filename (runtime, "port1", NULL);
+  g_autofree char *attach_path = g_build_filename (root, "devices/platform/vhci_hcd.0/attach", NULL);
+  g_autofree char *written = NULL;
+  g_auto(GStrv) fields = NULL;
+  int status;
+
+  out = run_cli (root, runtime, &status,
+                 (const char *const[]) { "attach", "-r", "127.0.0.1", "--port", port_text, "-b", "100-1", NULL });
+  g_assert_true (g_spawn_check_wait_status (status, NULL));
+  g_assert_nonnull (strstr (out, "to vhci port 1"));
+  g_assert_true (g_file_get_contents (attach_path, &written, NULL, NULL));
+  fields = g_strsplit (written, " ", -1);
+  g_assert_cmpuint (g_strv_length (fields), ==, 4);
+  g_assert_cmpstr (fields[0], ==, "1");
+  g_assert_cmpstr (fields[2], ==, "6553601"); /* 100 << 16 | 1 */
+  g_assert_cmpstr (fields[3], ==, "2");       /* the keyboard is full speed */
+  g_assert_true (g_file_get_contents (record_path, &record, NULL, NULL));
+  g_assert_nonnull (strstr (record, "busid=100-1"));
+  g_assert_nonnull (strstr (record, "host=127.0.0.1"));
+  g_clear_pointer (&out, g_free);
+
+  /* Port 0 is in use in the laid-out status: listed, without a record of ours. */
+  out = run_cli (root, runtime, &status, (const char *const[]) { "port", NULL });
+  g_assert_true (g_spawn_check_wait_status (status, NULL));
+  g_assert_nonnull (strstr (out, "Port 00: <Port in Use> at High Speed(480Mbps)"));
+  g_clear_pointer (&out, g_free);
+
+  out = run_cli (root, runtime, &status, (const char *const[]) { "detach", "-p", "1", NULL });
+  g_assert_true (g_spawn_check_wait_status (status, NULL));
+  g_assert_false (g_file_test (record_path, G_FILE_TEST_EXISTS));
+  g_clear_pointer (&out, g_free);
+
+  out = run_cli (root, runtime, &status, (const char *const[]) { "detach", NULL });
+  g_assert_cmpint (WEXITSTATUS (status), ==, 2);
+  g_assert_true (pb_test_server_stop (server));
+  pb_test_remove_tree (root);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -139,5 +210,6 @@ main (int argc, char **argv)
   g_test_add_data_func ("/vhci/attach-detach/platform", "platform", test_attach_detach);
   g_test_add_data_func ("/vhci/attach-detach/faux", "faux", test_attach_detach);
   g_test_add_func ("/vhci/missing", test_missing);
+  g_test_add_func ("/vhci/cli-attach-port-detach", test_cli_attach_port_detach);
   return g_test_run ();
 }

@@ -22,5 +22,9 @@ int pb_cli_exit_code_for_error (const GError *error);
 int pb_cli_serve (int argc, char **argv);
 int pb_cli_list (int argc, char **argv);
 int pb_cli_probe (int argc, char **argv);
+int pb_cli_attach (int argc, char **argv);
+int pb_cli_detach (int argc, char **argv);
+int pb_cli_port (int argc, char **argv);
+int pb_cli_virtual (int argc, char **argv);
 
 G_END_DECLS

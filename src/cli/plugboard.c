@@ -18,6 +18,10 @@ static const Verb verbs[] = {
   { "serve", pb_cli_serve, "Run a USB/IP server with virtual devices (no root needed)" },
   { "list", pb_cli_list, "List the devices a USB/IP server exports (-r HOST)" },
   { "probe", pb_cli_probe, "Import a device and enumerate it from userspace" },
+  { "attach", pb_cli_attach, "Attach a remote device through the kernel's vhci-hcd (root)" },
+  { "detach", pb_cli_detach, "Detach a vhci-hcd port (root)" },
+  { "port", pb_cli_port, "List the vhci-hcd ports in use and where they point" },
+  { "virtual", pb_cli_virtual, "Attach virtual devices locally over a socketpair, no network (root)" },
 };
 
 static void

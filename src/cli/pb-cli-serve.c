@@ -1,18 +1,12 @@
 /* `plugboard serve`: a standalone USB/IP server for virtual devices. No root needed. */
 #define G_LOG_DOMAIN "plugboard"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <glib-unix.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "pb-cli.h"
-#include "pb-default-image.h"
 #include "pb-keyboard.h"
-#include "pb-mass-storage.h"
-#include "pb-serial.h"
 #include "pb-server.h"
 
 typedef struct {
@@ -35,105 +29,25 @@ add_device (Serve *serve, GObject *owner, PbVirtualDevice *device, const char *d
 }
 
 static gboolean
-add_mass_storage (Serve *serve, const char *argument, GError **error)
-{
-  g_auto(GStrv) parts = argument != NULL ? g_strsplit (argument, ",", -1) : NULL;
-  const char *path = parts != NULL && parts[0][0] != '\0' ? parts[0] : NULL;
-  gboolean read_only = FALSE;
-  g_autoptr(PbMassStorage) storage = NULL;
-  g_autofree char *description = NULL;
-  int fd;
-
-  for (guint i = 1; parts != NULL && parts[i] != NULL; i++)
-    {
-      if (g_str_equal (parts[i], "ro"))
-        read_only = TRUE;
-      else
-        {
-          g_set_error (error, PB_ERROR, PB_ERROR_INVALID_ARGUMENT, "unknown mass storage option “%s” (known: ro)",
-                       parts[i]);
-          return FALSE;
-        }
-    }
-
-  if (path == NULL)
-    {
-      fd = pb_default_image_create (error);
-      if (fd < 0)
-        return FALSE;
-    }
-  else
-    {
-      fd = open (path, (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
-      if (fd < 0)
-        {
-          int saved = errno;
-          g_set_error (error, PB_ERROR, PB_ERROR_INVALID_ARGUMENT, "cannot open image %s%s: %s%s", path,
-                       read_only ? "" : " for writing", g_strerror (saved),
-                       !read_only && (saved == EACCES || saved == EROFS) ? " (add ,ro to serve it read-only)" : "");
-          return FALSE;
-        }
-    }
-  storage = pb_mass_storage_new (fd, read_only, error);
-  close (fd);
-  if (storage == NULL)
-    return FALSE;
-  description = g_strdup_printf ("virtual disk, %s, %" G_GUINT64_FORMAT " MiB%s",
-                                 path != NULL ? path : "embedded image",
-                                 pb_mass_storage_get_block_count (storage) * 512 / (1024 * 1024),
-                                 read_only ? ", read-only" : "");
-  if (!add_device (serve, G_OBJECT (storage), pb_mass_storage_get_device (storage), description, error))
-    return FALSE;
-  g_steal_pointer (&storage);
-  return TRUE;
-}
-
-static gboolean
 add_virtual (Serve *serve, const char *spec, GError **error)
 {
-  g_autofree char *kind = NULL;
-  const char *colon = strchr (spec, ':');
-  const char *argument = colon != NULL ? colon + 1 : NULL;
+  PbVirtualDevice *device = NULL;
+  g_autofree char *description = NULL;
+  g_autoptr(GObject) owner = pb_cli_make_virtual_device (spec, &device, &description, error);
 
-  kind = colon != NULL ? g_strndup (spec, colon - spec) : g_strdup (spec);
-
-  if (g_str_equal (kind, "msc"))
-    return add_mass_storage (serve, argument, error);
-
-  if (g_str_equal (kind, "keyboard") && argument == NULL)
+  if (owner == NULL)
+    return FALSE;
+  if (PB_IS_KEYBOARD (owner) && serve->keyboard != NULL)
     {
-      g_autoptr(PbKeyboard) keyboard = pb_keyboard_new ();
-      if (serve->keyboard != NULL)
-        {
-          g_set_error_literal (error, PB_ERROR, PB_ERROR_INVALID_ARGUMENT, "only one --virtual keyboard is supported");
-          return FALSE;
-        }
-      if (!add_device (serve, G_OBJECT (keyboard), pb_keyboard_get_device (keyboard), "virtual keyboard", error))
-        return FALSE;
-      serve->keyboard = g_steal_pointer (&keyboard);
-      return TRUE;
+      g_set_error_literal (error, PB_ERROR, PB_ERROR_INVALID_ARGUMENT, "only one --virtual keyboard is supported");
+      return FALSE;
     }
-
-  if (g_str_equal (kind, "serial") && (argument == NULL || g_str_equal (argument, "pty")))
-    {
-      PbSerialMode mode = argument != NULL ? PB_SERIAL_MODE_PTY : PB_SERIAL_MODE_ECHO;
-      g_autoptr(PbSerial) serial = pb_serial_new (mode, error);
-      g_autofree char *description = NULL;
-
-      if (serial == NULL)
-        return FALSE;
-      description = mode == PB_SERIAL_MODE_PTY
-                      ? g_strdup_printf ("virtual serial port, pty %s", pb_serial_get_pty_path (serial))
-                      : g_strdup ("virtual serial port, echo");
-      if (!add_device (serve, G_OBJECT (serial), pb_serial_get_device (serial), description, error))
-        return FALSE;
-      g_steal_pointer (&serial);
-      return TRUE;
-    }
-
-  g_set_error (error, PB_ERROR, PB_ERROR_INVALID_ARGUMENT,
-               "unknown virtual device “%s” (known: msc[:IMAGE[,ro]], keyboard, serial[:pty])", spec);
-  return FALSE;
+  if (!add_device (serve, owner, device, description, error))
+    return FALSE;
+  if (PB_IS_KEYBOARD (owner))
+    serve->keyboard = PB_KEYBOARD (owner);
+  g_steal_pointer (&owner);
+  return TRUE;
 }
 
 static void

@@ -6,7 +6,6 @@
 #define G_LOG_DOMAIN "plugboard"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <glib-unix.h>
 #include <glib/gstdio.h>
 #include <stdio.h>
@@ -16,9 +15,7 @@
 
 #include "pb-cli.h"
 #include "pb-keyboard.h"
-#include "pb-mass-storage.h"
 #include "pb-remote.h"
-#include "pb-serial.h"
 #include "pb-server.h"
 #include "pb-vhci.h"
 
@@ -262,50 +259,6 @@ on_virtual_quit (gpointer user_data)
   return G_SOURCE_CONTINUE;
 }
 
-static PbVirtualDevice *
-make_virtual (const char *spec, GPtrArray *owners, GError **error)
-{
-  if (g_str_has_prefix (spec, "msc:"))
-    {
-      g_auto(GStrv) parts = g_strsplit (spec + 4, ",", 2);
-      gboolean read_only = parts[1] != NULL && g_str_equal (parts[1], "ro");
-      int fd = open (parts[0], (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
-      PbMassStorage *storage;
-
-      if (fd < 0)
-        {
-          g_set_error (error, PB_ERROR, PB_ERROR_INVALID_ARGUMENT, "cannot open image %s: %s", parts[0],
-                       g_strerror (errno));
-          return NULL;
-        }
-      storage = pb_mass_storage_new (fd, read_only, error);
-      close (fd);
-      if (storage == NULL)
-        return NULL;
-      g_ptr_array_add (owners, storage);
-      return pb_mass_storage_get_device (storage);
-    }
-  if (g_str_equal (spec, "keyboard"))
-    {
-      PbKeyboard *keyboard = pb_keyboard_new ();
-      g_ptr_array_add (owners, keyboard);
-      return pb_keyboard_get_device (keyboard);
-    }
-  if (g_str_equal (spec, "serial") || g_str_equal (spec, "serial:pty"))
-    {
-      PbSerial *serial = pb_serial_new (g_str_equal (spec, "serial") ? PB_SERIAL_MODE_ECHO : PB_SERIAL_MODE_PTY, error);
-      if (serial == NULL)
-        return NULL;
-      g_ptr_array_add (owners, serial);
-      if (pb_serial_get_pty_path (serial) != NULL)
-        printf ("serial pty: %s\n", pb_serial_get_pty_path (serial));
-      return pb_serial_get_device (serial);
-    }
-  g_set_error (error, PB_ERROR, PB_ERROR_INVALID_ARGUMENT,
-               "unknown virtual device “%s” (known: msc:IMAGE[,ro], keyboard, serial[:pty])", spec);
-  return NULL;
-}
-
 int
 pb_cli_virtual (int argc, char **argv)
 {
@@ -350,13 +303,20 @@ pb_cli_virtual (int argc, char **argv)
   for (guint i = 0; specs[i] != NULL; i++)
     {
       g_autoptr(GError) error = NULL;
-      PbVirtualDevice *device = make_virtual (specs[i], owners, &error);
+      g_autofree char *description = NULL;
+      PbVirtualDevice *device = NULL;
+      GObject *owner = pb_cli_make_virtual_device (specs[i], &device, &description, &error);
       PbUsbipDeviceRecord record;
       g_autoptr(GSocket) ours = NULL;
       int fds[2];
       guint port;
 
-      if (device == NULL || !pb_server_add_device (server, PB_DEVICE (device), &error))
+      if (owner != NULL)
+        {
+          g_ptr_array_add (owners, owner);
+          pb_device_set_description (PB_DEVICE (device), description);
+        }
+      if (owner == NULL || !pb_server_add_device (server, PB_DEVICE (device), &error))
         {
           fprintf (stderr, "plugboard virtual: %s\n", error->message);
           status = pb_cli_exit_code_for_error (error);
@@ -388,11 +348,11 @@ pb_cli_virtual (int argc, char **argv)
       close (fds[1]);
       run.open_sessions++;
       g_array_append_val (attached_ports, port);
-      printf ("attached %s (%s) to vhci port %u\n", pb_device_get_busid (PB_DEVICE (device)), specs[i], port);
-      if (type_text != NULL && g_str_equal (specs[i], "keyboard"))
+      printf ("attached %s (%s) to vhci port %u\n", pb_device_get_busid (PB_DEVICE (device)), description, port);
+      if (type_text != NULL && PB_IS_KEYBOARD (owner))
         {
           g_autofree char *text = g_strcompress (type_text);
-          if (!pb_keyboard_type_string (owners->pdata[owners->len - 1], text, &error))
+          if (!pb_keyboard_type_string (PB_KEYBOARD (owner), text, &error))
             fprintf (stderr, "plugboard virtual: cannot type: %s\n", error->message);
         }
     }

@@ -3,6 +3,9 @@
 
 #include <glib.h>
 
+#include "pb-keyboard.h"
+#include "pb-virtual-device.h"
+
 G_BEGIN_DECLS
 
 /* Exit codes, documented in `plugboard --help` and README. */
@@ -15,6 +18,11 @@ typedef enum {
   PB_EXIT_BUSY = 5,         /* device in use */
   PB_EXIT_PROTOCOL = 6,     /* protocol version mismatch or malformed reply */
 } PbExitCode;
+
+/* A built-in virtual device from its spec (msc[:IMAGE[,ro]], keyboard, serial[:pty]). Returns
+ * the owning object (PbMassStorage, PbKeyboard or PbSerial; the caller keeps it alive while the
+ * device is served), its device and a one-line description. */
+GObject *pb_cli_make_virtual_device (const char *spec, PbVirtualDevice **device, char **description, GError **error);
 
 /* Maps an error from the library to an exit code. */
 int pb_cli_exit_code_for_error (const GError *error);

@@ -1,0 +1,97 @@
+/* Built-in virtual devices from their command-line spec, shared by `serve` and `virtual`. */
+#define G_LOG_DOMAIN "plugboard"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "pb-cli.h"
+#include "pb-default-image.h"
+#include "pb-mass-storage.h"
+#include "pb-serial.h"
+
+static GObject *
+make_mass_storage (const char *argument, PbVirtualDevice **device, char **description, GError **error)
+{
+  g_auto(GStrv) parts = argument != NULL ? g_strsplit (argument, ",", -1) : NULL;
+  const char *path = parts != NULL && parts[0][0] != '\0' ? parts[0] : NULL;
+  gboolean read_only = FALSE;
+  PbMassStorage *storage;
+  int fd;
+
+  for (guint i = 1; parts != NULL && parts[i] != NULL; i++)
+    {
+      if (!g_str_equal (parts[i], "ro"))
+        {
+          g_set_error (error, PB_ERROR, PB_ERROR_INVALID_ARGUMENT, "unknown mass storage option “%s” (known: ro)",
+                       parts[i]);
+          return NULL;
+        }
+      read_only = TRUE;
+    }
+
+  if (path == NULL)
+    fd = pb_default_image_create (error);
+  else
+    {
+      fd = open (path, (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+      if (fd < 0)
+        {
+          int saved = errno;
+          g_set_error (error, PB_ERROR, PB_ERROR_INVALID_ARGUMENT, "cannot open image %s%s: %s%s", path,
+                       read_only ? "" : " for writing", g_strerror (saved),
+                       !read_only && (saved == EACCES || saved == EROFS) ? " (add ,ro to serve it read-only)" : "");
+        }
+    }
+  if (fd < 0)
+    return NULL;
+  storage = pb_mass_storage_new (fd, read_only, error);
+  close (fd);
+  if (storage == NULL)
+    return NULL;
+  *device = pb_mass_storage_get_device (storage);
+  *description = g_strdup_printf ("virtual disk, %s, %" G_GUINT64_FORMAT " MiB%s", path != NULL ? path : "embedded image",
+                                  pb_mass_storage_get_block_count (storage) * 512 / (1024 * 1024),
+                                  read_only ? ", read-only" : "");
+  return G_OBJECT (storage);
+}
+
+GObject *
+pb_cli_make_virtual_device (const char *spec, PbVirtualDevice **device, char **description, GError **error)
+{
+  g_autofree char *kind = NULL;
+  const char *colon = strchr (spec, ':');
+  const char *argument = colon != NULL ? colon + 1 : NULL;
+
+  kind = colon != NULL ? g_strndup (spec, colon - spec) : g_strdup (spec);
+
+  if (g_str_equal (kind, "msc"))
+    return make_mass_storage (argument, device, description, error);
+
+  if (g_str_equal (kind, "keyboard") && argument == NULL)
+    {
+      PbKeyboard *keyboard = pb_keyboard_new ();
+      *device = pb_keyboard_get_device (keyboard);
+      *description = g_strdup ("virtual keyboard");
+      return G_OBJECT (keyboard);
+    }
+
+  if (g_str_equal (kind, "serial") && (argument == NULL || g_str_equal (argument, "pty")))
+    {
+      PbSerialMode mode = argument != NULL ? PB_SERIAL_MODE_PTY : PB_SERIAL_MODE_ECHO;
+      PbSerial *serial = pb_serial_new (mode, error);
+
+      if (serial == NULL)
+        return NULL;
+      *device = pb_serial_get_device (serial);
+      *description = mode == PB_SERIAL_MODE_PTY
+                       ? g_strdup_printf ("virtual serial port, pty %s", pb_serial_get_pty_path (serial))
+                       : g_strdup ("virtual serial port, echo");
+      return G_OBJECT (serial);
+    }
+
+  g_set_error (error, PB_ERROR, PB_ERROR_INVALID_ARGUMENT,
+               "unknown virtual device “%s” (known: msc[:IMAGE[,ro]], keyboard, serial[:pty])", spec);
+  return NULL;
+}

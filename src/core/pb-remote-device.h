@@ -55,9 +55,10 @@ guint32 pb_remote_device_submit (PbRemoteDevice *self, const PbRemoteUrbRequest 
 /* Sends CMD_UNLINK for seqnum. The URB's callback still comes exactly once. */
 gboolean pb_remote_device_unlink (PbRemoteDevice *self, guint32 seqnum, GError **error);
 
-/* Blocking helpers (iterate the thread-default main context). A non-zero URB status becomes an
- * error (PB_ERROR_DEVICE naming the errno, "stall" for -EPIPE); *status_out gets it raw.
- * timeout_ms 0: wait forever; on timeout the URB is unlinked and PB_ERROR_TIMED_OUT returned. */
+/* Blocking helpers (iterate the device's main context). A non-zero URB status becomes an
+ * error (PB_ERROR_DEVICE naming the errno, "stall (-EPIPE)"); *status_out gets it raw.
+ * timeout_ms 0: wait forever; on timeout the URB is unlinked, its callback awaited and
+ * PB_ERROR_TIMED_OUT returned (a server that ignores the unlink too loses the connection). */
 gboolean pb_remote_device_control (PbRemoteDevice *self, guint8 request_type, guint8 request, guint16 value,
                                    guint16 index, guint8 *data, guint16 length, guint32 *actual_length,
                                    guint timeout_ms, gint32 *status_out, GError **error);
@@ -70,5 +71,9 @@ guint pb_remote_device_get_pending (PbRemoteDevice *self);
 /* Closes the connection; every pending URB is called back with PB_URB_ESHUTDOWN. Idempotent. */
 void pb_remote_device_close (PbRemoteDevice *self);
 gboolean pb_remote_device_is_closed (PbRemoteDevice *self);
+/* Why the connection ended when the server or the transport ended it: PB_ERROR_PROTOCOL for a
+ * malformed or malicious reply, PB_ERROR_CLOSED when the server went away, PB_ERROR_TIMED_OUT
+ * when it never answered an unlink. NULL while open or when pb_remote_device_close() ended it. */
+const GError *pb_remote_device_get_close_error (PbRemoteDevice *self);
 
 G_END_DECLS

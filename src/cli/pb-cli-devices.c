@@ -95,3 +95,41 @@ pb_cli_make_virtual_device (const char *spec, PbVirtualDevice **device, char **d
                "unknown virtual device “%s” (known: msc[:IMAGE[,ro]], keyboard, serial[:pty])", spec);
   return NULL;
 }
+
+typedef struct {
+  PbKeyboard *keyboard;
+  char *text;
+} TypeLater;
+
+static void
+type_later_free (gpointer data)
+{
+  TypeLater *later = data;
+  g_object_unref (later->keyboard);
+  g_free (later->text);
+  g_free (later);
+}
+
+static gboolean
+on_type_later (gpointer data)
+{
+  TypeLater *later = data;
+  g_autoptr(GError) error = NULL;
+
+  if (!pb_keyboard_type_string (later->keyboard, later->text, &error))
+    g_printerr ("plugboard: cannot type: %s\n", error->message);
+  return G_SOURCE_REMOVE;
+}
+
+void
+pb_cli_type_later (PbKeyboard *keyboard, const char *text)
+{
+  TypeLater *later = g_new0 (TypeLater, 1);
+
+  later->keyboard = g_object_ref (keyboard);
+  later->text = g_strdup (text);
+  /* Linux's HID core drops reports that arrive while hid-generic is still probing, and usbhid
+   * starts polling before that ends (seen in the QEMU suite: all keys sent, none delivered).
+   * Typing a moment after the import lets the driver finish. */
+  g_timeout_add_full (G_PRIORITY_DEFAULT, PB_CLI_TYPE_DELAY_MS, on_type_later, later, type_later_free);
+}

@@ -60,12 +60,7 @@ on_session_opened (PbServer *server, PbExportSession *session, gpointer user_dat
           pb_export_session_get_peer_name (session));
   if (serve->keyboard != NULL && serve->type_text != NULL &&
       device == PB_DEVICE (pb_keyboard_get_device (serve->keyboard)))
-    {
-      g_autoptr(GError) error = NULL;
-      /* Reports wait in the keyboard's queue until the host's driver polls for them. */
-      if (!pb_keyboard_type_string (serve->keyboard, serve->type_text, &error))
-        fprintf (stderr, "plugboard serve: cannot type: %s\n", error->message);
-    }
+    pb_cli_type_later (serve->keyboard, serve->type_text);
 }
 
 static void
@@ -112,7 +107,7 @@ pb_cli_serve (int argc, char **argv)
     { "port", 'p', 0, G_OPTION_ARG_INT, &port, "TCP port (default 3240; 0 picks a free one)", "N" },
     { "virtual", 0, 0, G_OPTION_ARG_STRING_ARRAY, &virtual_specs,
       "Serve a virtual device: msc[:IMAGE[,ro]], keyboard, serial[:pty] (repeatable)", "SPEC" },
-    { "type", 0, 0, G_OPTION_ARG_STRING, &type_text, "Text the virtual keyboard types each time it is imported", "TEXT" },
+    { "type", 0, 0, G_OPTION_ARG_STRING, &type_text, "Text the virtual keyboard types each time it is imported (2 s later, once the host's driver is ready)", "TEXT" },
     { NULL }
   };
   int status = PB_EXIT_OK;

@@ -352,8 +352,7 @@ pb_cli_virtual (int argc, char **argv)
       if (type_text != NULL && PB_IS_KEYBOARD (owner))
         {
           g_autofree char *text = g_strcompress (type_text);
-          if (!pb_keyboard_type_string (PB_KEYBOARD (owner), text, &error))
-            fprintf (stderr, "plugboard virtual: cannot type: %s\n", error->message);
+          pb_cli_type_later (PB_KEYBOARD (owner), text);
         }
     }
 

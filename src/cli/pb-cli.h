@@ -24,6 +24,11 @@ typedef enum {
  * device is served), its device and a one-line description. */
 GObject *pb_cli_make_virtual_device (const char *spec, PbVirtualDevice **device, char **description, GError **error);
 
+/* --type: the keyboard types text PB_CLI_TYPE_DELAY_MS after the import, once the host's HID
+ * driver can take reports (see pb-cli-devices.c). */
+#define PB_CLI_TYPE_DELAY_MS 2000
+void pb_cli_type_later (PbKeyboard *keyboard, const char *text);
+
 /* Maps an error from the library to an exit code. */
 int pb_cli_exit_code_for_error (const GError *error);
 

@@ -34,7 +34,9 @@ static const char readme_text[] =
   "\r\n"
   "To share a disk image of your own:\r\n"
   "    plugboard serve --virtual msc:IMAGE        (read-write)\r\n"
-  "    plugboard serve --virtual msc:IMAGE,ro     (read-only)\r\n";
+  "    plugboard serve --virtual msc:IMAGE,ro     (read-only)\r\n"
+  "or to plug it into this computer without a network:\r\n"
+  "    sudo plugboard virtual --attach msc:IMAGE\r\n";
 
 G_STATIC_ASSERT (sizeof readme_text - 1 <= SECTORS_PER_CLUSTER * SECTOR);
 
@@ -124,6 +126,12 @@ pb_default_image_create (GError **error)
   put32 (boot + 39, 0x50420111);
   memcpy (boot + 43, "PLUGBOARD  ", 11);
   memcpy (boot + 54, "FAT16   ", 8);
+  /* Not bootable: a BIOS that jumps here asks for the next boot device (INT 18h), then halts. */
+  boot[62] = 0xcd;
+  boot[63] = 0x18;
+  boot[64] = 0xf4;
+  boot[65] = 0xeb;
+  boot[66] = 0xfd;
   boot[510] = 0x55;
   boot[511] = 0xaa;
 

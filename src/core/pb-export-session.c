@@ -340,12 +340,7 @@ handle_cmd_submit (PbExportSession *self, const PbUsbipUrbHeader *header, GError
   SessionUrb *su;
   PbUrb *urb;
 
-  if (header->ep > 15 || header->direction > PB_USBIP_DIR_IN)
-    {
-      g_set_error (error, PB_ERROR, PB_ERROR_PROTOCOL, "CMD_SUBMIT for endpoint %u direction %u",
-                   header->ep, header->direction);
-      return FALSE;
-    }
+  /* An endpoint beyond 15 is UNKNOWN here and rejected by pb_usbip_cmd_submit_validate(). */
   type = pb_device_get_endpoint_type (self->device, header->ep, header->direction);
   /* Framing follows the endpoint type, as in the kernel; for an endpoint the device does not
    * know, trust a plausible packet count. */
@@ -366,7 +361,7 @@ handle_cmd_submit (PbExportSession *self, const PbUsbipUrbHeader *header, GError
   urb->seqnum = header->seqnum;
   urb->ep = header->ep;
   urb->direction = header->direction;
-  urb->type = is_iso ? PB_ENDPOINT_ISOCHRONOUS : (type == PB_ENDPOINT_UNKNOWN ? PB_ENDPOINT_UNKNOWN : type);
+  urb->type = is_iso ? PB_ENDPOINT_ISOCHRONOUS : type;
   urb->transfer_flags = header->u.cmd_submit.transfer_flags & PB_USBIP_URB_FLAGS_MEANINGFUL;
   memcpy (urb->setup, header->u.cmd_submit.setup, sizeof urb->setup);
   urb->start_frame = header->u.cmd_submit.start_frame;

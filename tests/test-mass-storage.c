@@ -1,7 +1,9 @@
 /* PbMassStorage through the PbDevice API, as a session drives it: descriptors and class
  * requests, the SCSI commands, data split over several requests, the thirteen BOT cases
  * (residues, phase errors, stalls), an invalid CBW and reset recovery, IN requests queued
- * before their CBW, cancel, eject, I/O errors, and the embedded FAT image. */
+ * before their CBW, cancel, eject, I/O errors, and the embedded FAT image. Media I/O runs on a
+ * worker thread and completes through the main context, so the helpers iterate it; the tests
+ * at the end keep an I/O pending on purpose (unlink, control requests, reset, dispose, exit). */
 #include <errno.h>
 #include <fcntl.h>
 #include <glib/gstdio.h>
@@ -11,6 +13,7 @@
 #include "pb-test-util.h"
 #include "pb-default-image.h"
 #include "pb-mass-storage.h"
+#include "pb-mass-storage-private.h"
 #include "pb-scsi.h"
 
 #define BLOCKS 256
@@ -36,6 +39,56 @@ typedef struct {
   guint32 residue;
 } BotResult;
 
+/* ---- the main context ---- */
+
+#define WAIT_TIMEOUT_S 10
+
+static gboolean
+on_wait_timeout (gpointer user_data)
+{
+  *(gboolean *) user_data = TRUE;
+  return G_SOURCE_REMOVE;
+}
+
+/* Iterates the main context (where I/O results arrive) until driver holds n completed URBs. */
+static void
+wait_completions (PbTestDriver *driver, guint n)
+{
+  gboolean timed_out = FALSE;
+  guint id = g_timeout_add_seconds (WAIT_TIMEOUT_S, on_wait_timeout, &timed_out);
+
+  while (driver->completed.length < n && !timed_out)
+    g_main_context_iteration (NULL, TRUE);
+  if (!timed_out)
+    g_source_remove (id);
+  g_assert_cmpuint (driver->completed.length, >=, n);
+}
+
+/* Waits for the next completion and asserts it is expected. */
+static PbUrb *
+take (PbTestDriver *driver, PbUrb *expected)
+{
+  wait_completions (driver, 1);
+  return pb_test_driver_take (driver, expected);
+}
+
+/* Lets every I/O in the process finish and its result reach (or be dropped by) the device,
+ * and runs whatever that triggered. The gate must be open. */
+static void
+settle (void)
+{
+  gboolean timed_out = FALSE;
+  guint id = g_timeout_add_seconds (WAIT_TIMEOUT_S, on_wait_timeout, &timed_out);
+
+  while (pb_mass_storage_get_io_count () > 0 && !timed_out)
+    g_main_context_iteration (NULL, TRUE);
+  if (!timed_out)
+    g_source_remove (id);
+  g_assert_cmpuint (pb_mass_storage_get_io_count (), ==, 0);
+  while (g_main_context_iteration (NULL, FALSE))
+    ;
+}
+
 /* ---- fixture ---- */
 
 static void
@@ -55,6 +108,7 @@ fixture_setup (Fixture *f, gconstpointer read_only)
   g_autofree char *path = NULL;
 
   memset (f, 0, sizeof *f);
+  pb_mass_storage_set_io_gate (FALSE);
   f->image_fd = g_file_open_tmp ("pb-msc-XXXXXX.img", &path, &error);
   g_assert_no_error (error);
   g_unlink (path);
@@ -74,6 +128,7 @@ fixture_setup (Fixture *f, gconstpointer read_only)
 static void
 fixture_teardown (Fixture *f, gconstpointer data)
 {
+  settle ();
   g_assert_cmpuint (f->driver.completed.length, ==, 0);
   pb_device_close (f->device);
   g_object_unref (f->storage);
@@ -91,15 +146,15 @@ submit_in (Fixture *f, guint32 length)
   return urb;
 }
 
-/* A bulk IN request that must complete at once; returned for inspection. */
+/* A bulk IN request that must complete next (after its I/O, if any); returned for inspection. */
 static PbUrb *
 bulk_in (Fixture *f, guint32 length)
 {
   PbUrb *urb = submit_in (f, length);
-  return pb_test_driver_take (&f->driver, urb);
+  return take (&f->driver, urb);
 }
 
-/* A bulk OUT request; it always completes at once. Returns its status. */
+/* A bulk OUT request that must complete next (after its I/O, if any). Returns its status. */
 static gint32
 bulk_out (Fixture *f, const void *data, guint32 length, guint32 *actual)
 {
@@ -108,7 +163,7 @@ bulk_out (Fixture *f, const void *data, guint32 length, guint32 *actual)
 
   memcpy (urb->buffer, data, length);
   pb_device_submit (f->device, urb);
-  pb_test_driver_take (&f->driver, urb);
+  take (&f->driver, urb);
   status = urb->status;
   if (actual != NULL)
     *actual = urb->actual_length;
@@ -624,12 +679,12 @@ test_in_before_cbw (Fixture *f, gconstpointer data)
   build_cbw (cbw_urb->buffer, 77, 2 * BLOCK, TRUE, cdb, sizeof cdb);
   pb_device_submit (f->device, cbw_urb);
 
-  pb_test_driver_take (&f->driver, cbw_urb);
+  take (&f->driver, cbw_urb);
   g_assert_cmpint (cbw_urb->status, ==, PB_URB_OK);
-  pb_test_driver_take (&f->driver, data_urb);
+  take (&f->driver, data_urb);
   g_assert_cmpint (data_urb->status, ==, PB_URB_OK);
   g_assert_cmpmem (data_urb->buffer, data_urb->actual_length, f->contents + 7 * BLOCK, 2 * BLOCK);
-  pb_test_driver_take (&f->driver, csw_urb);
+  take (&f->driver, csw_urb);
   parse_csw (csw_urb, 77, &r);
   g_assert_cmpuint (r.status, ==, 0);
   g_assert_cmpuint (r.residue, ==, 0);
@@ -650,7 +705,7 @@ test_in_before_cbw (Fixture *f, gconstpointer data)
     g_assert_cmpint (bulk_out (f, block, 100, NULL), ==, PB_URB_OK);
     g_assert_cmpuint (f->driver.completed.length, ==, 0);
     g_assert_cmpint (bulk_out (f, block + 100, BLOCK - 100, NULL), ==, PB_URB_OK);
-    pb_test_driver_take (&f->driver, csw_urb);
+    take (&f->driver, csw_urb);
     parse_csw (csw_urb, tag, &r);
     g_assert_cmpuint (r.status, ==, 0);
     pb_test_urb_free (csw_urb);
@@ -1227,6 +1282,328 @@ test_medium_error (Fixture *f, gconstpointer data)
   g_assert_cmpuint (r.residue, ==, BLOCK);
 }
 
+/* ---- media I/O off the main loop ----
+ *
+ * The I/O gate (pb-mass-storage-private.h) stands in for a stalled disk: the host cannot stall
+ * real storage, so these tests hold the worker at the gate instead (the QEMU suite stalls a
+ * real one with device-mapper suspend, against the real kernel's timeouts and unlinks). */
+
+static PbUrb *
+submit_out (Fixture *f, const void *data, guint32 length)
+{
+  PbUrb *urb = pb_test_driver_urb_new (&f->driver, 2, PB_USBIP_DIR_OUT, length);
+
+  memcpy (urb->buffer, data, length);
+  pb_device_submit (f->device, urb);
+  return urb;
+}
+
+static PbUrb *
+submit_cbw (Fixture *f, guint32 tag, guint32 data_length, gboolean data_in, const guint8 *cdb, guint8 cdb_length)
+{
+  guint8 cbw[31];
+
+  build_cbw (cbw, tag, data_length, data_in, cdb, cdb_length);
+  return submit_out (f, cbw, sizeof cbw);
+}
+
+/* A control request submitted by hand, for one that completes along with other requests. */
+static PbUrb *
+submit_control (Fixture *f, guint8 request_type, guint8 request, guint16 value, guint16 index)
+{
+  PbUrb *urb = pb_test_driver_urb_new (&f->driver, 0, (request_type & 0x80) ? PB_USBIP_DIR_IN : PB_USBIP_DIR_OUT, 0);
+  guint8 setup[8] = { request_type, request, value & 0xff, value >> 8, index & 0xff, index >> 8, 0, 0 };
+
+  memcpy (urb->setup, setup, 8);
+  pb_device_submit (f->device, urb);
+  return urb;
+}
+
+/* Takes the next completion, which must be urb with status, and frees it. */
+static void
+take_status (Fixture *f, PbUrb *urb, gint32 status)
+{
+  take (&f->driver, urb);
+  g_assert_cmpint (urb->status, ==, status);
+  pb_test_urb_free (urb);
+}
+
+/* From now on media I/O hangs, as on a stalled disk, until the gate opens. */
+static void
+stall_disk (void)
+{
+  pb_mass_storage_set_io_gate (TRUE);
+}
+
+/* The command's I/O reached the gate; the main context ran meanwhile and nothing completed. */
+static void
+wait_stalled (Fixture *f)
+{
+  g_assert_true (pb_mass_storage_wait_io_gated (1, WAIT_TIMEOUT_S * 1000));
+  while (g_main_context_iteration (NULL, FALSE))
+    ;
+  g_assert_cmpuint (f->driver.completed.length, ==, 0);
+  g_assert_cmpuint (pb_mass_storage_get_io_count (), ==, 1);
+}
+
+/* Every request of a write and of a read submitted before any I/O finished: OUT requests wait
+ * behind the write at the worker, IN requests behind the read; one I/O at a time; each request
+ * completes once, in order, with the right bytes. */
+static void
+test_queued_read_write (Fixture *f, gconstpointer data)
+{
+  const guint32 lba = 40, blocks = 6, length = blocks * BLOCK;
+  const guint32 split[] = { 1536, 512, length - 2048 };
+  g_autofree guint8 *fresh = g_malloc (length);
+  PbUrb *cbw, *parts[G_N_ELEMENTS (split)], *csw;
+  guint8 cdb[10];
+  guint32 offset = 0;
+  BotResult r = { 0 };
+
+  for (guint i = 0; i < length; i++)
+    fresh[i] = g_test_rand_int_range (0, 256);
+
+  make_rw10 (cdb, PB_SCSI_WRITE_10, lba, blocks);
+  cbw = submit_cbw (f, 500, length, FALSE, cdb, sizeof cdb);
+  for (guint i = 0; i < G_N_ELEMENTS (split); i++)
+    {
+      parts[i] = submit_out (f, fresh + offset, split[i]);
+      offset += split[i];
+    }
+  csw = submit_in (f, 13);
+  g_assert_cmpuint (pb_mass_storage_get_io_count (), ==, 1);
+  take_status (f, cbw, PB_URB_OK);
+  for (guint i = 0; i < G_N_ELEMENTS (split); i++)
+    {
+      take (&f->driver, parts[i]);
+      g_assert_cmpint (parts[i]->status, ==, PB_URB_OK);
+      g_assert_cmpuint (parts[i]->actual_length, ==, split[i]);
+      pb_test_urb_free (parts[i]);
+    }
+  take (&f->driver, csw);
+  parse_csw (csw, 500, &r);
+  g_assert_cmpuint (r.status, ==, 0);
+  g_assert_cmpuint (r.residue, ==, 0);
+  pb_test_urb_free (csw);
+  assert_image (f, (guint64) lba * BLOCK, fresh, length);
+
+  make_rw10 (cdb, PB_SCSI_READ_10, lba, blocks);
+  cbw = submit_cbw (f, 501, length, TRUE, cdb, sizeof cdb);
+  for (guint i = 0; i < G_N_ELEMENTS (split); i++)
+    parts[i] = submit_in (f, split[i]);
+  csw = submit_in (f, 13);
+  g_assert_cmpuint (pb_mass_storage_get_io_count (), ==, 1);
+  take_status (f, cbw, PB_URB_OK);
+  offset = 0;
+  for (guint i = 0; i < G_N_ELEMENTS (split); i++)
+    {
+      take (&f->driver, parts[i]);
+      g_assert_cmpint (parts[i]->status, ==, PB_URB_OK);
+      g_assert_cmpmem (parts[i]->buffer, parts[i]->actual_length, fresh + offset, split[i]);
+      offset += split[i];
+      pb_test_urb_free (parts[i]);
+    }
+  take (&f->driver, csw);
+  parse_csw (csw, 501, &r);
+  g_assert_cmpuint (r.status, ==, 0);
+  g_assert_cmpuint (r.residue, ==, 0);
+  pb_test_urb_free (csw);
+}
+
+/* The kernel's SCSI timeout unlinks the request whose read hangs: it completes at once with
+ * the cancel status, the late result is dropped (the request's memory is already freed: ASan
+ * sees any write into it), and the command fails with a phase error. */
+static void
+test_cancel_pending_read (Fixture *f, gconstpointer data)
+{
+  g_autofree guint8 *buf = g_malloc (4 * BLOCK);
+  guint8 cdb[10];
+  PbUrb *urb;
+  guint32 tag;
+  BotResult r = { 0 };
+
+  stall_disk ();
+  make_rw10 (cdb, PB_SCSI_READ_10, 3, 4);
+  tag = send_cbw (f, 4 * BLOCK, TRUE, cdb, sizeof cdb);
+  urb = submit_in (f, 2 * BLOCK);
+  wait_stalled (f);
+
+  urb->cancelled = TRUE;
+  pb_device_cancel (f->device, urb);
+  g_assert_cmpuint (f->driver.completed.length, ==, 1);
+  pb_test_driver_take (&f->driver, urb);
+  g_assert_cmpint (urb->status, ==, PB_URB_ECONNRESET);
+  g_assert_cmpuint (urb->actual_length, ==, 0);
+  pb_test_urb_free (urb);
+
+  /* The disk wakes up: nothing completes a second time. */
+  pb_mass_storage_set_io_gate (FALSE);
+  settle ();
+  g_assert_cmpuint (f->driver.completed.length, ==, 0);
+
+  /* The data phase ended with a stall; never a passing CSW for a cancelled command. */
+  read_csw (f, tag, &r);
+  g_assert_true (r.csw_stalled);
+  g_assert_cmpuint (r.status, ==, 2);
+  g_assert_cmpuint (r.residue, ==, 4 * BLOCK);
+  reset_recovery (f);
+
+  command (f, cdb, sizeof cdb, TRUE, buf, 4 * BLOCK, &r);
+  g_assert_cmpuint (r.status, ==, 0);
+  g_assert_cmpmem (buf, 4 * BLOCK, f->contents + 3 * BLOCK, 4 * BLOCK);
+}
+
+/* A write whose request is unlinked while its pwrite hangs: the request completes at once, the
+ * requests behind it stall, and the CSW says phase error even though the data may land. */
+static void
+test_cancel_pending_write (Fixture *f, gconstpointer data)
+{
+  guint8 block[BLOCK], cdb[10];
+  PbUrb *first, *second, *csw;
+  BotResult r = { 0 };
+
+  memset (block, 0x5a, sizeof block);
+  stall_disk ();
+  make_rw10 (cdb, PB_SCSI_WRITE_10, 50, 2);
+  send_cbw (f, 2 * BLOCK, FALSE, cdb, sizeof cdb);
+  first = submit_out (f, block, BLOCK);
+  second = submit_out (f, block, BLOCK);
+  csw = submit_in (f, 13);
+  wait_stalled (f);
+
+  first->cancelled = TRUE;
+  pb_device_cancel (f->device, first);
+  g_assert_cmpuint (f->driver.completed.length, ==, 3);
+  pb_test_driver_take (&f->driver, first);
+  g_assert_cmpint (first->status, ==, PB_URB_ECONNRESET);
+  pb_test_urb_free (first);
+  pb_test_driver_take (&f->driver, second);
+  g_assert_cmpint (second->status, ==, PB_URB_EPIPE);
+  pb_test_urb_free (second);
+  pb_test_driver_take (&f->driver, csw);
+  parse_csw (csw, f->tag, &r);
+  g_assert_cmpuint (r.status, ==, 2);
+  g_assert_cmpuint (r.residue, ==, 2 * BLOCK);
+  pb_test_urb_free (csw);
+
+  pb_mass_storage_set_io_gate (FALSE);
+  settle ();
+  g_assert_cmpuint (f->driver.completed.length, ==, 0);
+  assert_image (f, 51 * BLOCK, f->contents + 51 * BLOCK, BLOCK); /* the second block never went */
+  reset_recovery (f);
+  expect_sense (f, PB_SCSI_SENSE_NO_SENSE, 0, 0);
+}
+
+/* While a read hangs, ep0 is served: descriptors, class requests, endpoint status, a halt
+ * cleared. Then the disk wakes up and the read completes as if nothing happened. */
+static void
+test_control_while_pending (Fixture *f, gconstpointer data)
+{
+  static const guint8 max_lun = 0;
+  guint8 cdb[10];
+  PbUrb *urb, *descriptor;
+  guint32 tag;
+
+  stall_disk ();
+  make_rw10 (cdb, PB_SCSI_READ_10, 100, 2);
+  tag = send_cbw (f, 2 * BLOCK, TRUE, cdb, sizeof cdb);
+  urb = submit_in (f, 2 * BLOCK);
+  wait_stalled (f);
+
+  descriptor = pb_test_driver_control (&f->driver, 0x80, PB_USB_REQ_GET_DESCRIPTOR, 0x0100, 0, 18, NULL);
+  g_assert_cmpint (descriptor->status, ==, PB_URB_OK);
+  g_assert_cmpuint (descriptor->actual_length, ==, 18);
+  pb_test_urb_free (descriptor);
+  pb_test_driver_expect_control (&f->driver, 0xa1, 0xfe, 0, 0, 1, NULL, PB_URB_OK, &max_lun, 1);
+  pb_test_driver_expect_control (&f->driver, 0x80, PB_USB_REQ_GET_CONFIGURATION, 0, 0, 1, NULL, PB_URB_OK,
+                                 (const guint8 *) "\x01", 1);
+  g_assert_false (endpoint_halted (f, EP_IN));
+  clear_halt (f, EP_OUT);
+  g_assert_cmpuint (f->driver.completed.length, ==, 0);
+
+  pb_mass_storage_set_io_gate (FALSE);
+  take (&f->driver, urb);
+  g_assert_cmpint (urb->status, ==, PB_URB_OK);
+  g_assert_cmpmem (urb->buffer, urb->actual_length, f->contents + 100 * BLOCK, 2 * BLOCK);
+  pb_test_urb_free (urb);
+  expect_csw (f, tag, 0, 0);
+}
+
+/* The transport starts over while an I/O hangs. A class reset (Bulk-Only Mass Storage Reset)
+ * drops the result and the IN request waits again, as held IN requests do; a port reset ends
+ * every request; a client that leaves cancels, closes, and the next one finds a working disk. */
+static void
+test_reset_with_pending_io (Fixture *f, gconstpointer data)
+{
+  static const guint8 tur[6] = { 0 };
+  guint8 block[BLOCK], cdb[10];
+  PbUrb *urb, *first, *second, *csw, *reset;
+  guint32 tag;
+  BotResult r = { 0 };
+
+  /* Class reset during a read. */
+  stall_disk ();
+  make_rw10 (cdb, PB_SCSI_READ_10, 0, 2);
+  send_cbw (f, 2 * BLOCK, TRUE, cdb, sizeof cdb);
+  urb = submit_in (f, 2 * BLOCK);
+  wait_stalled (f);
+  pb_test_driver_expect_control (&f->driver, 0x21, 0xff, 0, 0, 0, NULL, PB_URB_OK, NULL, 0);
+  pb_mass_storage_set_io_gate (FALSE);
+  settle ();
+  g_assert_cmpuint (f->driver.completed.length, ==, 0); /* the late data is not sent */
+  tag = send_cbw (f, 0, FALSE, tur, sizeof tur);
+  take (&f->driver, urb);
+  parse_csw (urb, tag, &r);
+  g_assert_cmpuint (r.status, ==, 0);
+  pb_test_urb_free (urb);
+
+  /* Port reset during a write: the request at the worker and those waiting all end. */
+  memset (block, 0x11, sizeof block);
+  stall_disk ();
+  make_rw10 (cdb, PB_SCSI_WRITE_10, 60, 2);
+  send_cbw (f, 2 * BLOCK, FALSE, cdb, sizeof cdb);
+  first = submit_out (f, block, BLOCK);
+  second = submit_out (f, block, BLOCK);
+  csw = submit_in (f, 13);
+  wait_stalled (f);
+  reset = submit_control (f, 0x23, PB_USB_REQ_SET_FEATURE, 4, 1);
+  take_status (f, csw, PB_URB_ESHUTDOWN);
+  take_status (f, first, PB_URB_ESHUTDOWN);
+  take_status (f, second, PB_URB_ESHUTDOWN);
+  take_status (f, reset, PB_URB_OK);
+  pb_mass_storage_set_io_gate (FALSE);
+  settle ();
+  g_assert_cmpuint (f->driver.completed.length, ==, 0);
+  assert_image (f, 61 * BLOCK, f->contents + 61 * BLOCK, BLOCK);
+  command (f, tur, sizeof tur, FALSE, NULL, 0, &r);
+  g_assert_cmpuint (r.status, ==, 0);
+
+  /* The client leaves during a read, as a session does it: cancel, then close. */
+  stall_disk ();
+  make_rw10 (cdb, PB_SCSI_READ_10, 0, 1);
+  send_cbw (f, BLOCK, TRUE, cdb, sizeof cdb);
+  urb = submit_in (f, BLOCK);
+  wait_stalled (f);
+  urb->cancelled = TRUE;
+  pb_device_cancel (f->device, urb);
+  take_status (f, urb, PB_URB_ECONNRESET);
+  pb_device_close (f->device);
+  fixture_open (f);
+  /* The abandoned read still holds the device's I/O slot: the next read waits for it. */
+  tag = send_cbw (f, BLOCK, TRUE, cdb, sizeof cdb);
+  urb = submit_in (f, BLOCK);
+  while (g_main_context_iteration (NULL, FALSE))
+    ;
+  g_assert_cmpuint (f->driver.completed.length, ==, 0);
+  g_assert_cmpuint (pb_mass_storage_get_io_count (), ==, 1);
+  pb_mass_storage_set_io_gate (FALSE);
+  take (&f->driver, urb);
+  g_assert_cmpint (urb->status, ==, PB_URB_OK);
+  g_assert_cmpmem (urb->buffer, urb->actual_length, f->contents, BLOCK);
+  pb_test_urb_free (urb);
+  expect_csw (f, tag, 0, 0);
+}
+
 /* ---- construction ---- */
 
 static void
@@ -1323,6 +1700,93 @@ test_dispose_while_held (void)
   pb_device_close (device);
   g_object_unref (device);
   close (fd);
+}
+
+/* A storage whose device the caller keeps (as a session does), opened and configured, with a
+ * READ(10) of blocks at lba whose data request is at the worker, held at the closed gate. */
+static PbMassStorage *
+storage_with_stalled_read (int *fd, PbDevice **device, PbTestDriver *driver, PbUrb **data_urb)
+{
+  g_autoptr(GError) error = NULL;
+  g_autofree char *path = NULL;
+  PbMassStorage *storage;
+  guint8 cdb[10];
+  PbUrb *cbw;
+
+  *fd = g_file_open_tmp ("pb-msc-XXXXXX.img", &path, &error);
+  g_assert_no_error (error);
+  g_unlink (path);
+  g_assert_cmpint (ftruncate (*fd, 16 * BLOCK), ==, 0);
+  storage = pb_mass_storage_new (*fd, FALSE, &error);
+  g_assert_no_error (error);
+  *device = g_object_ref (PB_DEVICE (pb_mass_storage_get_device (storage)));
+  pb_test_driver_init (driver, *device);
+  g_assert_true (pb_device_open (*device, &error));
+  pb_test_driver_expect_control (driver, 0x00, PB_USB_REQ_SET_CONFIGURATION, 1, 0, 0, NULL, PB_URB_OK, NULL, 0);
+
+  pb_mass_storage_set_io_gate (TRUE);
+  make_rw10 (cdb, PB_SCSI_READ_10, 2, 4);
+  cbw = pb_test_driver_urb_new (driver, 2, PB_USBIP_DIR_OUT, 31);
+  build_cbw (cbw->buffer, 1, 4 * BLOCK, TRUE, cdb, sizeof cdb);
+  pb_device_submit (*device, cbw);
+  pb_test_driver_take (driver, cbw);
+  g_assert_cmpint (cbw->status, ==, PB_URB_OK);
+  pb_test_urb_free (cbw);
+  *data_urb = pb_test_driver_urb_new (driver, 1, PB_USBIP_DIR_IN, 4 * BLOCK);
+  pb_device_submit (*device, *data_urb);
+  g_assert_true (pb_mass_storage_wait_io_gated (1, WAIT_TIMEOUT_S * 1000));
+  g_assert_cmpuint (driver->completed.length, ==, 0);
+  return storage;
+}
+
+/* The storage goes while its read hangs: the request completes at once and its memory is
+ * freed; the late result is dropped without touching the storage, the request or the closed
+ * descriptor (run under ASan: no use after free, no leak). */
+static void
+test_dispose_with_pending_io (void)
+{
+  PbTestDriver driver;
+  PbDevice *device;
+  PbUrb *urb;
+  int fd;
+  PbMassStorage *storage = storage_with_stalled_read (&fd, &device, &driver, &urb);
+
+  g_object_unref (storage);
+  g_assert_cmpuint (driver.completed.length, ==, 1);
+  pb_test_driver_take (&driver, urb);
+  g_assert_cmpint (urb->status, ==, PB_URB_ESHUTDOWN);
+  pb_test_urb_free (urb);
+  pb_device_close (device);
+  g_object_unref (device);
+  close (fd);
+
+  pb_mass_storage_set_io_gate (FALSE);
+  settle ();
+  g_assert_cmpuint (driver.completed.length, ==, 0);
+}
+
+/* A read that never returns must not keep the process from exiting once its storage is gone. */
+static void
+test_exit_with_hung_io (void)
+{
+  if (g_test_subprocess ())
+    {
+      PbTestDriver driver;
+      PbDevice *device;
+      PbUrb *urb;
+      int fd;
+      PbMassStorage *storage = storage_with_stalled_read (&fd, &device, &driver, &urb);
+
+      g_object_unref (storage);
+      pb_test_driver_take (&driver, urb);
+      pb_test_urb_free (urb);
+      pb_device_close (device);
+      g_object_unref (device);
+      close (fd);
+      return; /* the worker stays at the closed gate */
+    }
+  g_test_trap_subprocess (NULL, 30 * G_USEC_PER_SEC, G_TEST_SUBPROCESS_DEFAULT);
+  g_test_trap_assert_passed ();
 }
 
 /* ---- the embedded image ---- */
@@ -1425,9 +1889,16 @@ main (int argc, char **argv)
   ADD ("eject", FALSE, test_eject);
   ADD ("close-mid-command", FALSE, test_close_mid_command);
   ADD ("medium-error", FALSE, test_medium_error);
+  ADD ("queued-read-write", FALSE, test_queued_read_write);
+  ADD ("cancel-pending-read", FALSE, test_cancel_pending_read);
+  ADD ("cancel-pending-write", FALSE, test_cancel_pending_write);
+  ADD ("control-while-pending", FALSE, test_control_while_pending);
+  ADD ("reset-with-pending-io", FALSE, test_reset_with_pending_io);
 #undef ADD
   g_test_add_func ("/mass-storage/bad-images", test_bad_images);
   g_test_add_func ("/mass-storage/dispose-while-held", test_dispose_while_held);
+  g_test_add_func ("/mass-storage/dispose-with-pending-io", test_dispose_with_pending_io);
+  g_test_add_func ("/mass-storage/exit-with-hung-io", test_exit_with_hung_io);
   g_test_add_func ("/mass-storage/default-image", test_default_image);
   return g_test_run ();
 }

@@ -1,9 +1,27 @@
-/* USB mass storage, Bulk-Only Transport: CBW on bulk OUT, data, CSW on bulk IN. Data moves
- * between the URBs and the image with pread/pwrite, no staging copy, so memory stays bounded
- * by the URBs the session already holds. Built on the public PbVirtualDevice API only. */
+/* USB mass storage, Bulk-Only Transport: CBW on bulk OUT, data, CSW on bulk IN. Built on the
+ * public PbVirtualDevice API only.
+ *
+ * Media I/O (pread, pwrite, fdatasync) runs on a worker thread so that a stalled image (a hung
+ * disk, NFS, a suspended device-mapper target) never blocks the main loop: other devices and
+ * sessions go on, and an unlink of the request whose I/O hangs is answered at once. All BOT state
+ * lives on the main context; a worker only moves bytes between the image and the job's own
+ * buffer, and its result comes back to the main context through an idle source.
+ *
+ * Why one GThreadPool per device with at most one thread, rather than g_task_run_in_thread():
+ * a thread stuck on a dead disk then blocks only its own device, never GIO's shared pool (which
+ * resolvers and async file operations of the whole process rely on), and per-device FIFO order
+ * comes for free. Non-exclusive pools share idle threads, so an idle device costs no thread.
+ *
+ * Why the job owns a buffer instead of the worker using the URB's: a cancel (unlink, session
+ * teardown, reset) must complete the URB at once, after which the session may free or reuse its
+ * memory while the worker is still inside pread/pwrite. The staging buffer is bounded by the URB
+ * length (capped at PB_USBIP_MAX_TRANSFER_LENGTH), and a device has at most one job at any time,
+ * including one abandoned by a cancel and still running, so memory and threads stay bounded
+ * whatever the host does. */
 #define G_LOG_DOMAIN "plugboard"
 
 #include "pb-mass-storage.h"
+#include "pb-mass-storage-private.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -20,6 +38,9 @@
 #define EP_OUT 0x02
 #define BULK_PACKET_HIGH_SPEED 512
 #define BULK_PACKET_FULL_SPEED 64
+/* The staging buffer of an I/O is kept for the next one up to this size (Linux's usb-storage
+ * moves at most 1 MiB per request); a larger one, which only a hostile host asks for, goes. */
+#define SPARE_BUFFER_MAX (1024 * 1024)
 
 typedef enum {
   BOT_IDLE,     /* waiting for a CBW */
@@ -28,11 +49,50 @@ typedef enum {
   BOT_STATUS,   /* the CSW goes to the next bulk IN request */
 } BotState;
 
+/* The image descriptor, shared by the device and its jobs: a job still running after the device
+ * went keeps it open, so its pread/pwrite never lands on a recycled descriptor number. */
+typedef struct {
+  gatomicrefcount ref;
+  int fd;
+} MscImage;
+
+typedef enum {
+  MSC_IO_READ,
+  MSC_IO_WRITE,
+  MSC_IO_SYNC,
+} MscIoKind;
+
+typedef struct {
+  /* Set before the job is queued; the worker only reads them. */
+  MscIoKind kind;
+  MscImage *image;
+  GMainContext *context;  /* where the result goes */
+  guint8 *buffer;         /* the job's own: never the URB's */
+  gsize buffer_size;
+  gsize length;
+  guint64 offset;
+
+  /* Set by the worker before it hands the job back (the source attach orders the accesses). */
+  gboolean ok;
+  gsize done;
+
+  /* Main context only. */
+  PbMassStorage *owner;   /* NULL once the device is gone */
+  PbUrb *urb;             /* the request the I/O serves; NULL once it left us (cancel, reset) */
+  gboolean abandoned;     /* its command is over: the result is dropped */
+  gsize taken;            /* write: bytes of the OUT request the transport takes */
+} MscJob;
+
 struct _PbMassStorage {
   GObject parent_instance;
 
   PbVirtualDevice *device;
-  int fd;
+  MscImage *image;
+  GMainContext *context;    /* the thread-default context at creation: all state lives there */
+  GThreadPool *pool;        /* at most one worker thread */
+  MscJob *job;              /* at the worker (for this command, or abandoned), or NULL */
+  guint8 *spare;            /* the last job's buffer, for the next one */
+  gsize spare_size;
   PbScsiDisk disk;
 
   BotState state;
@@ -43,8 +103,12 @@ struct _PbMassStorage {
   guint64 device_remaining; /* of what the command means to move */
   guint64 moved;            /* bytes of the command's data moved: the residue is the rest */
   gboolean io_failed;
+  gboolean sync_wanted;     /* SYNCHRONIZE CACHE: the CSW waits for a flush of the image */
   guint8 csw_status;
-  GQueue held_in;           /* bulk IN URBs waiting for data or a CSW, linked by device_link */
+  /* Requests waiting, linked by device_link; device_data points at the queue. Bulk IN waits
+   * for data or a CSW; bulk OUT waits only behind a write at the worker, to keep its order. */
+  GQueue held_in;
+  GQueue held_out;
 };
 
 G_DEFINE_FINAL_TYPE (PbMassStorage, pb_mass_storage, G_TYPE_OBJECT)
@@ -72,32 +136,261 @@ static const guint8 configuration[] = CONFIGURATION (PB_USB_DT_CONFIG, BULK_PACK
 static const guint8 other_speed_configuration[] = CONFIGURATION (0x07, BULK_PACKET_FULL_SPEED);
 
 static void service_in (PbMassStorage *self);
+static void service_out (PbMassStorage *self);
 
-static void
-hold_in (PbMassStorage *self, PbUrb *urb)
+/* ---- the image and its worker ---- */
+
+static MscImage *
+msc_image_ref (MscImage *image)
 {
-  urb->device_data = self;
-  urb->device_link.data = urb;
-  g_queue_push_tail_link (&self->held_in, &urb->device_link);
+  g_atomic_ref_count_inc (&image->ref);
+  return image;
 }
 
 static void
-unhold_in (PbMassStorage *self, PbUrb *urb)
+msc_image_unref (MscImage *image)
 {
-  g_queue_unlink (&self->held_in, &urb->device_link);
+  if (!g_atomic_ref_count_dec (&image->ref))
+    return;
+  if (image->fd >= 0)
+    close (image->fd);
+  g_free (image);
+}
+
+/* The test gate (pb-mass-storage-private.h) and the count of live jobs. */
+static GMutex gate_lock;
+static GCond gate_cond;
+static gboolean gate_closed;  /* also read without the lock, as a hint */
+static guint gate_waiting;
+static gint live_jobs;
+
+static void
+gate_pass (void)
+{
+  if (!g_atomic_int_get (&gate_closed))
+    return;
+  g_mutex_lock (&gate_lock);
+  gate_waiting++;
+  g_cond_broadcast (&gate_cond);
+  while (gate_closed)
+    g_cond_wait (&gate_cond, &gate_lock);
+  gate_waiting--;
+  g_mutex_unlock (&gate_lock);
+}
+
+void
+pb_mass_storage_set_io_gate (gboolean closed)
+{
+  g_mutex_lock (&gate_lock);
+  g_atomic_int_set (&gate_closed, closed);
+  g_cond_broadcast (&gate_cond);
+  g_mutex_unlock (&gate_lock);
+}
+
+gboolean
+pb_mass_storage_wait_io_gated (guint n, guint timeout_ms)
+{
+  gint64 deadline = g_get_monotonic_time () + (gint64) timeout_ms * 1000;
+  gboolean reached;
+
+  g_mutex_lock (&gate_lock);
+  while (!(reached = gate_waiting >= n))
+    if (!g_cond_wait_until (&gate_cond, &gate_lock, deadline))
+      {
+        reached = gate_waiting >= n;
+        break;
+      }
+  g_mutex_unlock (&gate_lock);
+  return reached;
+}
+
+guint
+pb_mass_storage_get_io_count (void)
+{
+  return (guint) g_atomic_int_get (&live_jobs);
+}
+
+static gboolean
+read_image (int fd, guint8 *buffer, gsize length, guint64 offset, gsize *done)
+{
+  *done = 0;
+  while (*done < length)
+    {
+      gssize n = pread (fd, buffer + *done, length - *done, (off_t) (offset + *done));
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0)
+        return FALSE; /* an error, or the image shrank under us */
+      *done += (gsize) n;
+    }
+  return TRUE;
+}
+
+static gboolean
+write_image (int fd, const guint8 *buffer, gsize length, guint64 offset)
+{
+  gsize done = 0;
+
+  while (done < length)
+    {
+      gssize n = pwrite (fd, buffer + done, length - done, (off_t) (offset + done));
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0)
+        return FALSE;
+      done += (gsize) n;
+    }
+  return TRUE;
+}
+
+/* Runs wherever the job's source is dispatched or destroyed; touches nothing of the device. */
+static void
+msc_job_free (gpointer data)
+{
+  MscJob *job = data;
+
+  g_free (job->buffer);
+  msc_image_unref (job->image);
+  g_main_context_unref (job->context);
+  g_free (job);
+  g_atomic_int_add (&live_jobs, -1);
+}
+
+static gboolean on_job_done (gpointer data);
+
+/* The worker thread: the I/O, then the result goes back to the device's main context. Only
+ * the fields the job owns are touched here, never the device or the URB. */
+static void
+msc_worker (gpointer data, gpointer user_data)
+{
+  MscJob *job = data;
+  GSource *source;
+
+  gate_pass ();
+  switch (job->kind)
+    {
+    case MSC_IO_READ:
+      job->ok = read_image (job->image->fd, job->buffer, job->length, job->offset, &job->done);
+      break;
+    case MSC_IO_WRITE:
+      job->ok = write_image (job->image->fd, job->buffer, job->length, job->offset);
+      break;
+    case MSC_IO_SYNC:
+    default:
+      /* EINVAL/EROFS: the image cannot be synced (a special file); nothing is lost by that. */
+      job->ok = fdatasync (job->image->fd) == 0 || errno == EINVAL || errno == EROFS;
+      break;
+    }
+
+  /* Not g_main_context_invoke(): from a thread without a thread-default context it may run
+   * the callback right here when the default context is free at that moment. */
+  source = g_idle_source_new ();
+  g_source_set_priority (source, G_PRIORITY_DEFAULT);
+  g_source_set_callback (source, on_job_done, job, msc_job_free);
+  g_source_set_static_name (source, "PbMassStorage I/O done");
+  g_source_attach (source, job->context);
+  g_source_unref (source);
+}
+
+/* Queues an I/O of length bytes at offset. urb (when given) is the request it serves: it stays
+ * ours until the result comes back or it leaves through cancel_io() or abort_command(). */
+static MscJob *
+start_io (PbMassStorage *self, MscIoKind kind, PbUrb *urb, gsize length, guint64 offset)
+{
+  g_autoptr(GError) error = NULL;
+  MscJob *job;
+
+  g_assert (self->job == NULL);
+
+  job = g_new0 (MscJob, 1);
+  job->kind = kind;
+  job->image = msc_image_ref (self->image);
+  job->context = g_main_context_ref (self->context);
+  if (length > 0 && self->spare != NULL && self->spare_size >= length)
+    {
+      job->buffer = g_steal_pointer (&self->spare);
+      job->buffer_size = self->spare_size;
+    }
+  else if (length > 0)
+    {
+      job->buffer = g_malloc (length);
+      job->buffer_size = length;
+    }
+  job->length = length;
+  job->offset = offset;
+  job->owner = self;
+  job->urb = urb;
+  if (urb != NULL)
+    urb->device_data = job;
+  if (kind == MSC_IO_WRITE)
+    memcpy (job->buffer, urb->buffer, length);
+  g_atomic_int_inc (&live_jobs);
+  self->job = job;
+
+  /* The job is queued even when no thread could be started; it then waits for one (cancels
+   * are still answered meanwhile). */
+  if (!g_thread_pool_push (self->pool, job, &error))
+    g_warning ("mass storage: cannot start an I/O thread: %s", error->message);
+  return job;
+}
+
+/* The current command no longer wants the result; the job keeps running (a worker stuck in
+ * the kernel cannot be stopped) and holds the device's one I/O slot until it returns. Gives
+ * back the URB it served, if any. */
+static PbUrb *
+abandon_io (PbMassStorage *self)
+{
+  MscJob *job = self->job;
+  PbUrb *urb;
+
+  if (job == NULL || job->abandoned)
+    return NULL;
+  job->abandoned = TRUE;
+  urb = g_steal_pointer (&job->urb);
+  if (urb != NULL)
+    urb->device_data = NULL;
+  return urb;
+}
+
+/* ---- request queues ---- */
+
+static void
+hold (GQueue *queue, PbUrb *urb, gboolean at_head)
+{
+  urb->device_data = queue;
+  urb->device_link.data = urb;
+  if (at_head)
+    g_queue_push_head_link (queue, &urb->device_link);
+  else
+    g_queue_push_tail_link (queue, &urb->device_link);
+}
+
+static void
+unhold (GQueue *queue, PbUrb *urb)
+{
+  g_queue_unlink (queue, &urb->device_link);
   urb->device_data = NULL;
+}
+
+static void
+complete_queue (GQueue *queue, gint32 status)
+{
+  while (queue->head != NULL)
+    {
+      PbUrb *urb = queue->head->data;
+      unhold (queue, urb);
+      pb_urb_complete (urb, status, 0);
+    }
 }
 
 static void
 complete_held (PbMassStorage *self, gint32 status)
 {
-  while (self->held_in.head != NULL)
-    {
-      PbUrb *urb = self->held_in.head->data;
-      unhold_in (self, urb);
-      pb_urb_complete (urb, status, 0);
-    }
+  complete_queue (&self->held_in, status);
+  complete_queue (&self->held_out, status);
 }
+
+/* ---- BOT ---- */
 
 static void
 reset_bot (PbMassStorage *self)
@@ -107,7 +400,22 @@ reset_bot (PbMassStorage *self)
   self->device_remaining = 0;
   self->moved = 0;
   self->io_failed = FALSE;
+  self->sync_wanted = FALSE;
   self->csw_status = PB_BOT_CSW_PASSED;
+}
+
+/* The transport starts over (class reset, reconfiguration, port reset, new client): the
+ * command's I/O result will be dropped, and the request it served waits again at the head of
+ * its queue, as if the I/O had never started (nothing was copied into it). */
+static void
+abort_command (PbMassStorage *self)
+{
+  MscIoKind kind = self->job != NULL ? self->job->kind : MSC_IO_SYNC;
+  PbUrb *urb = abandon_io (self);
+
+  if (urb != NULL)
+    hold (kind == MSC_IO_READ ? &self->held_in : &self->held_out, urb, TRUE);
+  reset_bot (self);
 }
 
 static void
@@ -151,13 +459,8 @@ start_command (PbMassStorage *self)
   self->moved = 0;
   self->io_failed = FALSE;
   self->csw_status = command->ok ? PB_BOT_CSW_PASSED : PB_BOT_CSW_FAILED;
-
-  /* EINVAL/EROFS: the image cannot be synced (a special file); nothing is lost by that. */
-  if (command->sync && fdatasync (self->fd) < 0 && errno != EINVAL && errno != EROFS)
-    {
-      pb_scsi_disk_set_sense (&self->disk, PB_SCSI_SENSE_MEDIUM_ERROR, PB_SCSI_ASC_WRITE_ERROR, 0);
-      raise_status (self, PB_BOT_CSW_FAILED);
-    }
+  /* The flush runs at the worker when the CSW is asked for. */
+  self->sync_wanted = command->sync;
 
   /* The thirteen cases of BOT 6.7: Hn/Hi/Ho is what the host expects, Dn/Di/Do the device. */
   if (self->cbw.data_length == 0)
@@ -201,59 +504,11 @@ start_command (PbMassStorage *self)
     }
 }
 
-static gboolean
-read_image (PbMassStorage *self, guint8 *buffer, gsize length, guint64 offset, gsize *done)
-{
-  *done = 0;
-  while (*done < length)
-    {
-      gssize n = pread (self->fd, buffer + *done, length - *done, (off_t) (offset + *done));
-      if (n < 0 && errno == EINTR)
-        continue;
-      if (n <= 0)
-        return FALSE; /* an error, or the image shrank under us */
-      *done += (gsize) n;
-    }
-  return TRUE;
-}
-
-static gboolean
-write_image (PbMassStorage *self, const guint8 *buffer, gsize length, guint64 offset)
-{
-  gsize done = 0;
-
-  while (done < length)
-    {
-      gssize n = pwrite (self->fd, buffer + done, length - done, (off_t) (offset + done));
-      if (n < 0 && errno == EINTR)
-        continue;
-      if (n <= 0)
-        return FALSE;
-      done += (gsize) n;
-    }
-  return TRUE;
-}
-
+/* n bytes of urb hold the command's data (n may be 0 after a failed read): account, complete. */
 static void
-send_data (PbMassStorage *self, PbUrb *urb)
+finish_data_in (PbMassStorage *self, PbUrb *urb, gsize n)
 {
-  gsize n = (gsize) MIN ((guint64) urb->length, MIN (self->host_remaining, self->device_remaining));
   gint32 status = PB_URB_OK;
-
-  if (self->command.media_io)
-    {
-      gsize got;
-      if (!read_image (self, urb->buffer, n, self->command.offset, &got))
-        {
-          /* Send what was read, then end the data phase: the CSW says failed. */
-          media_failed (self, FALSE);
-          self->device_remaining = got;
-          n = got;
-        }
-      self->command.offset += n;
-    }
-  else
-    memcpy (urb->buffer, self->command.response + (self->command.length - self->device_remaining), n);
 
   if (n == 0)
     {
@@ -276,6 +531,39 @@ send_data (PbMassStorage *self, PbUrb *urb)
   if (n < urb->length && (urb->transfer_flags & PB_USBIP_URB_SHORT_NOT_OK))
     status = PB_URB_EREMOTEIO;
   pb_urb_complete (urb, status, (guint32) n);
+}
+
+static void
+send_data (PbMassStorage *self, PbUrb *urb)
+{
+  gsize n = (gsize) MIN ((guint64) urb->length, MIN (self->host_remaining, self->device_remaining));
+
+  if (self->command.media_io)
+    {
+      start_io (self, MSC_IO_READ, urb, n, self->command.offset); /* read_done() goes on */
+      return;
+    }
+  memcpy (urb->buffer, self->command.response + (self->command.length - self->device_remaining), n);
+  finish_data_in (self, urb, n);
+}
+
+static void
+read_done (PbMassStorage *self, MscJob *job)
+{
+  PbUrb *urb = g_steal_pointer (&job->urb);
+  gsize n = job->length;
+
+  urb->device_data = NULL;
+  if (!job->ok)
+    {
+      /* Send what was read, then end the data phase: the CSW says failed. */
+      media_failed (self, FALSE);
+      self->device_remaining = job->done;
+      n = job->done;
+    }
+  memcpy (urb->buffer, job->buffer, n);
+  self->command.offset += n;
+  finish_data_in (self, urb, n);
 }
 
 static void
@@ -306,25 +594,34 @@ service_in (PbMassStorage *self)
       /* A halted pipe stalls every request, including those that waited here. */
       if (self->needs_reset || pb_virtual_device_get_halt (self->device, EP_IN))
         {
-          unhold_in (self, urb);
+          unhold (&self->held_in, urb);
           pb_urb_complete (urb, PB_URB_EPIPE, 0);
           continue;
         }
       if (urb->length == 0)
         {
           /* Nothing fits in it: it cannot take data or a CSW, so it consumes neither. */
-          unhold_in (self, urb);
+          unhold (&self->held_in, urb);
           pb_urb_complete (urb, PB_URB_OK, 0);
           continue;
         }
       switch (self->state)
         {
         case BOT_DATA_IN:
-          unhold_in (self, urb);
+          /* One I/O at a time per device, an abandoned one included: the next read waits. */
+          if (self->command.media_io && self->job != NULL)
+            return;
+          unhold (&self->held_in, urb);
           send_data (self, urb);
           break;
         case BOT_STATUS:
-          unhold_in (self, urb);
+          if (self->sync_wanted)
+            {
+              if (self->job == NULL)
+                start_io (self, MSC_IO_SYNC, NULL, 0, 0);
+              return; /* the CSW waits for the flush */
+            }
+          unhold (&self->held_in, urb);
           send_csw (self, urb);
           break;
         case BOT_IDLE:
@@ -336,17 +633,20 @@ service_in (PbMassStorage *self)
 }
 
 static void
-receive_data (PbMassStorage *self, PbUrb *urb)
+sync_done (PbMassStorage *self, MscJob *job)
 {
-  gsize n = (gsize) MIN ((guint64) urb->length, self->host_remaining);
-  gsize useful = (gsize) MIN ((guint64) n, self->device_remaining);
-
-  if (useful > 0 && self->command.media_io && !self->io_failed)
+  self->sync_wanted = FALSE;
+  if (!job->ok)
     {
-      if (!write_image (self, urb->buffer, useful, self->command.offset))
-        media_failed (self, TRUE);
-      self->command.offset += useful;
+      pb_scsi_disk_set_sense (&self->disk, PB_SCSI_SENSE_MEDIUM_ERROR, PB_SCSI_ASC_WRITE_ERROR, 0);
+      raise_status (self, PB_BOT_CSW_FAILED);
     }
+}
+
+/* The transport took n bytes of urb, useful of them for the command: account, complete. */
+static void
+finish_data_out (PbMassStorage *self, PbUrb *urb, gsize n, gsize useful)
+{
   /* Data beyond what the command takes is accepted and dropped (cases 9 and 11); the
    * residue tells the host. */
   self->device_remaining -= useful;
@@ -358,7 +658,35 @@ receive_data (PbMassStorage *self, PbUrb *urb)
 }
 
 static void
-handle_out (PbMassStorage *self, PbUrb *urb)
+receive_data (PbMassStorage *self, PbUrb *urb)
+{
+  gsize n = (gsize) MIN ((guint64) urb->length, self->host_remaining);
+  gsize useful = (gsize) MIN ((guint64) n, self->device_remaining);
+
+  if (useful > 0 && self->command.media_io && !self->io_failed)
+    {
+      /* The request completes when the data is on the image (write_done()). */
+      MscJob *job = start_io (self, MSC_IO_WRITE, urb, useful, self->command.offset);
+      job->taken = n;
+      return;
+    }
+  finish_data_out (self, urb, n, useful);
+}
+
+static void
+write_done (PbMassStorage *self, MscJob *job)
+{
+  PbUrb *urb = g_steal_pointer (&job->urb);
+
+  urb->device_data = NULL;
+  if (!job->ok)
+    media_failed (self, TRUE);
+  self->command.offset += job->length;
+  finish_data_out (self, urb, job->taken, job->length);
+}
+
+static void
+take_out (PbMassStorage *self, PbUrb *urb)
 {
   if (self->needs_reset)
     {
@@ -398,6 +726,96 @@ handle_out (PbMassStorage *self, PbUrb *urb)
     }
 }
 
+/* OUT requests are taken in order; during a data-out phase each waits for the worker (its own
+ * command's previous write, or an abandoned I/O still running). */
+static gboolean
+out_must_wait (PbMassStorage *self)
+{
+  return self->state == BOT_DATA_OUT && self->job != NULL;
+}
+
+static void
+service_out (PbMassStorage *self)
+{
+  while (self->held_out.head != NULL && !out_must_wait (self))
+    {
+      PbUrb *urb = self->held_out.head->data;
+
+      unhold (&self->held_out, urb);
+      /* The framework checked the halt when the request arrived; it may have come since. */
+      if (pb_virtual_device_get_halt (self->device, EP_OUT))
+        pb_urb_complete (urb, PB_URB_EPIPE, 0);
+      else
+        take_out (self, urb);
+    }
+}
+
+static void
+handle_out (PbMassStorage *self, PbUrb *urb)
+{
+  if (self->held_out.head != NULL || out_must_wait (self))
+    hold (&self->held_out, urb, FALSE);
+  else
+    take_out (self, urb);
+}
+
+/* On the main context: the worker is done with job. */
+static gboolean
+on_job_done (gpointer data)
+{
+  MscJob *job = data;
+  g_autoptr(PbMassStorage) self = NULL;
+
+  if (job->owner == NULL)
+    return G_SOURCE_REMOVE; /* the device went meanwhile: drop the result */
+  self = g_object_ref (job->owner);
+  g_assert (self->job == job);
+  self->job = NULL;
+  if (!job->abandoned)
+    switch (job->kind)
+      {
+      case MSC_IO_READ:
+        read_done (self, job);
+        break;
+      case MSC_IO_WRITE:
+        write_done (self, job);
+        break;
+      case MSC_IO_SYNC:
+      default:
+        sync_done (self, job);
+        break;
+      }
+  if (job->buffer != NULL && job->buffer_size <= SPARE_BUFFER_MAX)
+    {
+      g_free (self->spare);
+      self->spare = g_steal_pointer (&job->buffer);
+      self->spare_size = job->buffer_size;
+    }
+  /* The worker is free: whatever waited for it goes on. */
+  service_out (self);
+  service_in (self);
+  return G_SOURCE_REMOVE;
+}
+
+/* The host unlinked the request whose I/O is at the worker: it completes now, the result will
+ * be dropped. The host gave up on part of the data phase, so the command cannot pass: a phase
+ * error (which asks the host for a reset recovery), the data phase ended with a stall as in
+ * case 5/13, and the residue counts the lost part. A write may still land on the image, as
+ * on a real disk; the CSW does not claim it did. */
+static void
+cancel_io (PbMassStorage *self)
+{
+  gboolean read = self->job->kind == MSC_IO_READ;
+  PbUrb *urb = abandon_io (self);
+
+  raise_status (self, PB_BOT_CSW_PHASE_ERROR);
+  self->device_remaining = 0;
+  stall_and_enter_status (self, read ? EP_IN : EP_OUT);
+  pb_urb_complete (urb, PB_URB_ECONNRESET, 0);
+  service_out (self);
+  service_in (self);
+}
+
 /* ---- PbVirtualDevice callbacks ---- */
 
 static void
@@ -414,7 +832,7 @@ msc_transfer (PbVirtualDevice *device, PbUrb *urb, gpointer user_data)
     handle_out (self, urb);
   else
     {
-      hold_in (self, urb);
+      hold (&self->held_in, urb, FALSE);
       service_in (self);
     }
 }
@@ -424,11 +842,14 @@ msc_cancel (PbVirtualDevice *device, PbUrb *urb, gpointer user_data)
 {
   PbMassStorage *self = user_data;
 
-  /* Only held IN requests are still ours; everything else completed at once. */
-  if (urb->device_data != self)
-    return;
-  unhold_in (self, urb);
-  pb_urb_complete (urb, PB_URB_ECONNRESET, 0);
+  /* Every request not completed yet is in a queue or at the worker; device_data says where. */
+  if (urb->device_data == &self->held_in || urb->device_data == &self->held_out)
+    {
+      unhold (urb->device_data, urb);
+      pb_urb_complete (urb, PB_URB_ECONNRESET, 0);
+    }
+  else if (self->job != NULL && self->job->urb == urb)
+    cancel_io (self);
 }
 
 static gboolean
@@ -447,8 +868,9 @@ msc_control (PbVirtualDevice *device, PbUrb *urb, gpointer user_data)
         return FALSE;
       /* Ready for a CBW; the halts stay until the host clears them (BOT 3.1). */
       self->needs_reset = FALSE;
-      reset_bot (self);
+      abort_command (self);
       pb_urb_complete (urb, PB_URB_OK, 0);
+      service_out (self);
       return TRUE;
 
     case 0xfe: /* Get Max LUN */
@@ -484,7 +906,8 @@ msc_set_configuration (PbVirtualDevice *device, guint8 value, gpointer user_data
   PbMassStorage *self = user_data;
 
   self->needs_reset = FALSE;
-  reset_bot (self);
+  abort_command (self);
+  service_out (self);
 }
 
 static void
@@ -499,9 +922,9 @@ msc_reset (PbVirtualDevice *device, gpointer user_data)
 {
   PbMassStorage *self = user_data;
 
+  abort_command (self);
   complete_held (self, PB_URB_ESHUTDOWN);
   self->needs_reset = FALSE;
-  reset_bot (self);
   pb_scsi_disk_set_sense (&self->disk, PB_SCSI_SENSE_NO_SENSE, 0, 0);
 }
 
@@ -511,9 +934,9 @@ msc_power_cycle (PbVirtualDevice *device, gpointer user_data)
 {
   PbMassStorage *self = user_data;
 
+  abort_command (self);
   complete_held (self, PB_URB_ESHUTDOWN);
   self->needs_reset = FALSE;
-  reset_bot (self);
   pb_scsi_disk_power_on (&self->disk);
 }
 
@@ -603,8 +1026,8 @@ pb_mass_storage_new (int fd, gboolean read_only, GError **error)
     read_only = TRUE;
 
   self = g_object_new (PB_TYPE_MASS_STORAGE, NULL);
-  self->fd = fcntl (fd, F_DUPFD_CLOEXEC, 3);
-  if (self->fd < 0)
+  self->image->fd = fcntl (fd, F_DUPFD_CLOEXEC, 3);
+  if (self->image->fd < 0)
     {
       g_set_error (error, PB_ERROR, PB_ERROR_FAILED, "cannot duplicate the image descriptor: %s", g_strerror (errno));
       return NULL;
@@ -667,7 +1090,21 @@ pb_mass_storage_dispose (GObject *object)
   PbMassStorage *self = PB_MASS_STORAGE (object);
 
   /* A server or session may keep the device: finish what we hold, then cut it loose. */
+  abort_command (self);
   complete_held (self, PB_URB_ESHUTDOWN);
+  /* An I/O still at the worker finishes on its own (it holds the image open) and its result
+   * is dropped; nobody waits for it, so a hung disk cannot hold up the process. */
+  if (self->job != NULL)
+    {
+      self->job->owner = NULL;
+      self->job = NULL;
+    }
+  if (self->pool != NULL)
+    {
+      /* Not immediate: a job not started yet still runs, so that it is freed. */
+      g_thread_pool_free (self->pool, FALSE, FALSE);
+      self->pool = NULL;
+    }
   if (self->device != NULL)
     pb_virtual_device_detach (self->device);
   g_clear_object (&self->device);
@@ -679,8 +1116,9 @@ pb_mass_storage_finalize (GObject *object)
 {
   PbMassStorage *self = PB_MASS_STORAGE (object);
 
-  if (self->fd >= 0)
-    close (self->fd);
+  msc_image_unref (self->image);
+  g_main_context_unref (self->context);
+  g_free (self->spare);
   G_OBJECT_CLASS (pb_mass_storage_parent_class)->finalize (object);
 }
 
@@ -694,5 +1132,10 @@ pb_mass_storage_class_init (PbMassStorageClass *klass)
 static void
 pb_mass_storage_init (PbMassStorage *self)
 {
-  self->fd = -1;
+  self->image = g_new0 (MscImage, 1);
+  g_atomic_ref_count_init (&self->image->ref);
+  self->image->fd = -1;
+  self->context = g_main_context_ref_thread_default ();
+  /* Non-exclusive with one thread: creating it starts no thread and cannot fail. */
+  self->pool = g_thread_pool_new (msc_worker, NULL, 1, FALSE, NULL);
 }

@@ -4,7 +4,13 @@
  * reconfiguration, a new client) over a small in-memory image created once.
  *
  * Script: one op byte (op % 10), then its operands; a missing operand reads as a default. The
- * first byte's top bit also makes the disk read-only. */
+ * first byte's top bit also makes the disk read-only.
+ *
+ * Media I/O runs on the device's worker thread. To stay deterministic the worker waits at the
+ * test gate (pb-mass-storage-private.h) while an op runs, and after each op every I/O finishes
+ * and its result is dispatched before the next op; an op byte of 200 or more leaves the I/O it
+ * started pending instead, so that the next ops (cancel, resets, a new client) meet it in
+ * flight, as they meet a stalled disk. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +18,7 @@
 #include <unistd.h>
 
 #include "pb-mass-storage.h"
+#include "pb-mass-storage-private.h"
 #include "pb-scsi.h"
 
 #define IMAGE_BLOCKS 64
@@ -95,6 +102,18 @@ check_prepare (const uint8_t *data, size_t size, gboolean read_only)
     abort ();
 }
 
+/* Opens the gate, lets every pending I/O finish and delivers its result on the main context,
+ * where the device lives (nothing else runs there). The next op closes the gate again. */
+static void
+settle_io (void)
+{
+  pb_mass_storage_set_io_gate (FALSE);
+  while (pb_mass_storage_get_io_count () > 0)
+    g_main_context_iteration (NULL, TRUE);
+  while (g_main_context_iteration (NULL, FALSE))
+    ;
+}
+
 static guint8
 next_byte (const uint8_t *data, size_t size, gsize *pos, guint8 fallback)
 {
@@ -104,7 +123,7 @@ next_byte (const uint8_t *data, size_t size, gsize *pos, guint8 fallback)
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
-  g_autoptr(PbMassStorage) storage = NULL;
+  PbMassStorage *storage;
   gboolean read_only = size > 0 && (data[0] & 0x80);
   guint32 tag = 0;
   PbDevice *device;
@@ -128,9 +147,11 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 
   while (pos < size)
     {
+      gboolean keep_pending = data[pos] >= 200;
       guint8 op = data[pos++] % 10;
       PbUrb *urb;
 
+      pb_mass_storage_set_io_gate (TRUE);
       switch (op)
         {
         case 0: /* raw OUT transfer of the next n bytes (n in one byte) */
@@ -215,6 +236,14 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
           control (device, 0x00, 0x09, 1, 0, 0);
           break;
         }
+      if (!keep_pending)
+        {
+          settle_io ();
+          /* An OUT request waits only behind an I/O, and none is left. */
+          for (GList *l = outstanding.head; l != NULL; l = l->next)
+            if (((PbUrb *) l->data)->direction != PB_USBIP_DIR_IN || ((PbUrb *) l->data)->ep != 1)
+              abort ();
+        }
       drain_completed ();
     }
 
@@ -230,5 +259,10 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     }
   drain_completed ();
   pb_device_close (device);
+  /* A pending I/O's late result reaches a device that is gone: dropped, nothing completes. */
+  g_object_unref (storage);
+  settle_io ();
+  if (completed.length > 0)
+    abort ();
   return 0;
 }

@@ -383,6 +383,71 @@ test_unlink_burst_of_unknown (Fixture *f, gconstpointer data)
   configure (f);
 }
 
+/* Linux unlinks URBs one at a time and waits for each answer (cdc-acm's close, usb_poison_urb):
+ * an unlinked URB must be answered even while older URBs on its endpoint stay pending. */
+static void
+test_unlink_newer_than_pending (Fixture *f, gconstpointer data)
+{
+  PbUsbipUrbHeader reply;
+  guint8 payload[512];
+  guint32 older, newer, unlink;
+  PbUrb *urb_older;
+
+  f->controlled.complete_on_cancel = TRUE;
+  configure (f);
+  older = send_submit (f, 1, PB_USBIP_DIR_IN, 512, NULL);
+  newer = send_submit (f, 1, PB_USBIP_DIR_IN, 512, NULL);
+  wait_for_held (f, 2);
+  unlink = send_unlink (f, newer);
+  recv_reply (f, PB_USBIP_DIR_IN, &reply, payload, sizeof payload);
+  g_assert_cmpuint (reply.command, ==, PB_USBIP_RET_UNLINK);
+  g_assert_cmpuint (reply.seqnum, ==, unlink);
+  g_assert_cmpint (reply.u.ret_unlink.status, ==, PB_URB_ECONNRESET);
+  assert_no_reply_pending (f);
+
+  /* The older one still completes normally, and nothing comes for the unlinked one. */
+  urb_older = g_queue_pop_head (&f->controlled.held);
+  g_assert_cmpuint (urb_older->seqnum, ==, older);
+  pb_urb_complete (urb_older, PB_URB_OK, 7);
+  recv_reply (f, PB_USBIP_DIR_IN, &reply, payload, sizeof payload);
+  g_assert_cmpuint (reply.command, ==, PB_USBIP_RET_SUBMIT);
+  g_assert_cmpuint (reply.seqnum, ==, older);
+  g_assert_cmpuint (reply.u.ret_submit.actual_length, ==, 7);
+  assert_no_reply_pending (f);
+}
+
+/* The same when the device had already finished the newer URB, which waits for its turn. */
+static void
+test_unlink_finished_behind_pending (Fixture *f, gconstpointer data)
+{
+  PbUsbipUrbHeader reply;
+  guint8 payload[512];
+  guint32 older, newer, unlink;
+  PbUrb *urb_older, *urb_newer;
+
+  configure (f);
+  older = send_submit (f, 1, PB_USBIP_DIR_IN, 512, NULL);
+  newer = send_submit (f, 1, PB_USBIP_DIR_IN, 512, NULL);
+  wait_for_held (f, 2);
+  urb_older = g_queue_pop_head (&f->controlled.held);
+  urb_newer = g_queue_pop_head (&f->controlled.held);
+  pb_urb_complete (urb_newer, PB_URB_OK, 3);
+  assert_no_reply_pending (f); /* waits behind the older one */
+
+  unlink = send_unlink (f, newer);
+  recv_reply (f, PB_USBIP_DIR_IN, &reply, payload, sizeof payload);
+  g_assert_cmpuint (reply.command, ==, PB_USBIP_RET_UNLINK);
+  g_assert_cmpuint (reply.seqnum, ==, unlink);
+  g_assert_cmpint (reply.u.ret_unlink.status, ==, PB_URB_ECONNRESET);
+  g_assert_cmpuint (f->controlled.cancels_seen, ==, 0);
+  assert_no_reply_pending (f);
+
+  pb_urb_complete (urb_older, PB_URB_OK, 5);
+  recv_reply (f, PB_USBIP_DIR_IN, &reply, payload, sizeof payload);
+  g_assert_cmpuint (reply.seqnum, ==, older);
+  assert_no_reply_pending (f);
+}
+
 /* Completions on one endpoint reach the host in submission order, whatever order the device
  * finishes them in; another endpoint is not held up by them. */
 static void
@@ -485,6 +550,8 @@ main (int argc, char **argv)
   g_test_add ("/unlink/after-completion", Fixture, NULL, fixture_setup, test_unlink_after_completion, fixture_teardown);
   g_test_add ("/unlink/cancelled-at-once", Fixture, NULL, fixture_setup, test_unlink_cancelled_at_once, fixture_teardown);
   g_test_add ("/unlink/burst-of-unknown", Fixture, NULL, fixture_setup, test_unlink_burst_of_unknown, fixture_teardown);
+  g_test_add ("/unlink/newer-than-pending", Fixture, NULL, fixture_setup, test_unlink_newer_than_pending, fixture_teardown);
+  g_test_add ("/unlink/finished-behind-pending", Fixture, NULL, fixture_setup, test_unlink_finished_behind_pending, fixture_teardown);
   g_test_add ("/session/order-per-endpoint", Fixture, NULL, fixture_setup, test_order_per_endpoint, fixture_teardown);
   g_test_add ("/session/close-with-pending", Fixture, NULL, fixture_setup, test_close_with_pending, fixture_teardown);
   g_test_add ("/session/malformed-ends-session", Fixture, NULL, fixture_setup, test_malformed_ends_session, fixture_teardown);

@@ -92,6 +92,21 @@ flush_in_order (PbVirtualDevice *self, EndpointState *state)
     }
 }
 
+/* An unlinked URB is answered with a RET_UNLINK, which carries no data, so it leaves at once,
+ * ahead of older requests on its endpoint. Holding it back deadlocks with Linux: cdc-acm's close
+ * unlinks its read URBs one by one, waiting for each, and an older one may never complete (the
+ * QEMU suite's A-serial scenario hung in usb_poison_urb exactly so). */
+static void
+give_back_unlinked (PbVirtualDevice *self, EndpointState *state, PbUrb *urb)
+{
+  g_queue_unlink (&state->order, &urb->order_link);
+  urb->order_done = FALSE;
+  urb->intercept_func = NULL;
+  urb->intercept_data = NULL;
+  pb_urb_give_back (urb);
+  flush_in_order (self, state);
+}
+
 static void
 on_program_completed (PbUrb *urb, gpointer user_data)
 {
@@ -102,6 +117,11 @@ on_program_completed (PbUrb *urb, gpointer user_data)
    * protocol stall that ends with the request. */
   if (urb->status == PB_URB_EPIPE && urb->ep != 0)
     state->halted = TRUE;
+  if (urb->cancelled)
+    {
+      give_back_unlinked (self, state, urb);
+      return;
+    }
   urb->order_done = TRUE;
   flush_in_order (self, state);
 }
@@ -672,7 +692,13 @@ pb_virtual_device_cancel (PbDevice *device, PbUrb *urb)
 {
   PbVirtualDevice *self = PB_VIRTUAL_DEVICE (device);
 
-  /* Already finished by the program and only waiting for its turn: nothing to cancel. */
+  /* Finished by the program and only waiting for its turn behind older requests: the unlink
+   * wins, and the answer need not wait (see give_back_unlinked). */
+  if (urb->order_done && urb->cancelled)
+    {
+      give_back_unlinked (self, endpoint_state_for_urb (self, urb), urb);
+      return;
+    }
   if (urb->order_done || self->detached)
     return;
   if (self->ops->cancel != NULL)

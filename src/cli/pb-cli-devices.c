@@ -2,6 +2,7 @@
 #define G_LOG_DOMAIN "plugboard"
 
 #include <errno.h>
+#include <glib-unix.h>
 #include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
@@ -132,4 +133,37 @@ pb_cli_type_later (PbKeyboard *keyboard, const char *text)
    * starts polling before that ends (seen in the QEMU suite: all keys sent, none delivered).
    * Typing a moment after the import lets the driver finish. */
   g_timeout_add_full (G_PRIORITY_DEFAULT, PB_CLI_TYPE_DELAY_MS, on_type_later, later, type_later_free);
+}
+
+/* ---- --type-stdin ---- */
+
+static gboolean
+on_stdin_readable (gint fd, GIOCondition condition, gpointer user_data)
+{
+  PbKeyboard *keyboard = user_data;
+  char chunk[512];
+  gssize n = read (fd, chunk, sizeof chunk);
+
+  if (n < 0 && (errno == EINTR || errno == EAGAIN))
+    return G_SOURCE_CONTINUE;
+  if (n <= 0)
+    return G_SOURCE_REMOVE; /* end of input (or a broken stdin): typing is over, serving goes on */
+
+  /* One character at a time, so that one untypable byte costs only itself. */
+  for (gssize i = 0; i < n; i++)
+    {
+      char one[2] = { chunk[i], '\0' };
+      g_autoptr(GError) error = NULL;
+
+      if (one[0] != '\0' && !pb_keyboard_type_string (keyboard, one, &error))
+        g_printerr ("plugboard: not typed: %s\n", error->message);
+    }
+  return G_SOURCE_CONTINUE;
+}
+
+void
+pb_cli_type_from_stdin (PbKeyboard *keyboard)
+{
+  g_unix_fd_add_full (G_PRIORITY_DEFAULT, STDIN_FILENO, G_IO_IN | G_IO_HUP | G_IO_ERR, on_stdin_readable,
+                      g_object_ref (keyboard), g_object_unref);
 }

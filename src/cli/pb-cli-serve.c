@@ -99,6 +99,7 @@ pb_cli_serve (int argc, char **argv)
   gint port = PB_USBIP_DEFAULT_PORT;
   g_auto(GStrv) virtual_specs = NULL;
   g_autofree char *type_text = NULL;
+  gboolean type_stdin = FALSE;
   g_autoptr(GError) error = NULL;
   g_autoptr(GOptionContext) context = NULL;
   Serve serve = { 0 };
@@ -108,6 +109,7 @@ pb_cli_serve (int argc, char **argv)
     { "virtual", 0, 0, G_OPTION_ARG_STRING_ARRAY, &virtual_specs,
       "Serve a virtual device: msc[:IMAGE[,ro]], keyboard, serial[:pty] (repeatable)", "SPEC" },
     { "type", 0, 0, G_OPTION_ARG_STRING, &type_text, "Text the virtual keyboard types each time it is imported (2 s later, once the host's driver is ready)", "TEXT" },
+    { "type-stdin", 0, 0, G_OPTION_ARG_NONE, &type_stdin, "The virtual keyboard types what arrives on standard input, as it arrives", NULL },
     { NULL }
   };
   int status = PB_EXIT_OK;
@@ -121,7 +123,7 @@ pb_cli_serve (int argc, char **argv)
     "  msc               disk on the embedded demo image (in memory, writable, lost at exit)\n"
     "  msc:IMAGE         disk backed by IMAGE (a file or block device, size a multiple of 512)\n"
     "  msc:IMAGE,ro      the same, read-only (writes fail with DATA PROTECT)\n"
-    "  keyboard          HID boot keyboard (US layout); see --type\n"
+    "  keyboard          HID boot keyboard (US layout); see --type and --type-stdin\n"
     "  serial            CDC-ACM serial port that echoes what the host sends\n"
     "  serial:pty        CDC-ACM serial port bridged to a pseudo-terminal printed at start\n\n"
     "Virtual devices get bus IDs 100-1, 100-2, … in the order given. Each import and each\n"
@@ -176,6 +178,8 @@ pb_cli_serve (int argc, char **argv)
       goto out;
     }
 
+  if (type_stdin && serve.keyboard != NULL)
+    pb_cli_type_from_stdin (serve.keyboard);
   g_signal_connect (serve.server, "session-opened", G_CALLBACK (on_session_opened), &serve);
   g_signal_connect (serve.server, "session-closed", G_CALLBACK (on_session_closed), &serve);
   g_signal_connect (serve.server, "request-rejected", G_CALLBACK (on_request_rejected), &serve);

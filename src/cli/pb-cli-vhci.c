@@ -264,11 +264,13 @@ pb_cli_virtual (int argc, char **argv)
 {
   g_auto(GStrv) specs = NULL;
   g_autofree char *type_text = NULL;
+  gboolean type_stdin = FALSE;
   g_autoptr(GOptionContext) context = g_option_context_new ("— attach virtual devices locally, with no network");
   GOptionEntry entries[] = {
     { "attach", 'a', 0, G_OPTION_ARG_STRING_ARRAY, &specs,
       "Attach a virtual device: msc:IMAGE[,ro], keyboard, serial[:pty] (repeatable)", "SPEC" },
     { "type", 0, 0, G_OPTION_ARG_STRING, &type_text, "Text the virtual keyboard types once attached", "TEXT" },
+    { "type-stdin", 0, 0, G_OPTION_ARG_NONE, &type_stdin, "The virtual keyboard types what arrives on standard input, as it arrives", NULL },
     { NULL }
   };
   g_autoptr(PbVhci) vhci = NULL;
@@ -354,6 +356,8 @@ pb_cli_virtual (int argc, char **argv)
           g_autofree char *text = g_strcompress (type_text);
           pb_cli_type_later (PB_KEYBOARD (owner), text);
         }
+      if (type_stdin && PB_IS_KEYBOARD (owner))
+        pb_cli_type_from_stdin (PB_KEYBOARD (owner));
     }
 
   if (status == PB_EXIT_OK)

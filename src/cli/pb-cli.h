@@ -29,6 +29,10 @@ GObject *pb_cli_make_virtual_device (const char *spec, PbVirtualDevice **device,
 #define PB_CLI_TYPE_DELAY_MS 2000
 void pb_cli_type_later (PbKeyboard *keyboard, const char *text);
 
+/* --type-stdin: the keyboard types whatever arrives on standard input, as it arrives, until EOF.
+ * Scripts (and the QEMU suite) use it to type once they know the host's driver is ready. */
+void pb_cli_type_from_stdin (PbKeyboard *keyboard);
+
 /* Maps an error from the library to an exit code. */
 int pb_cli_exit_code_for_error (const GError *error);
 

@@ -1,11 +1,18 @@
 #!/bin/bash
-# run-vm-tests.sh BUILD_DIR: end-to-end tests of the built `plugboard` against the real Linux
-# USB/IP client (vhci-hcd + Debian's usbip tools) inside a QEMU (TCG) guest.
+# run-vm-tests.sh BUILD_DIR: end-to-end tests of the built `plugboard` against the real Linux USB/IP
+# stack (vhci-hcd, usbip-host and Debian's usbip tools) inside a QEMU (TCG) guest.
 #
 # The kernel is Debian's (the package linux-image-amd64 depends on), downloaded once, unpacked and
 # cached under BUILD_DIR/vm-cache. The initramfs is rebuilt each run: static busybox, the module
-# closure, Debian's usbip/usbipd, BUILD_DIR/src/cli/plugboard with its libraries and a test ext4 image.
-# The guest's /init runs the scenarios and prints one `RESULT name PASS|FAIL reason` line each.
+# closure, Debian's usbip/usbipd, dmsetup, BUILD_DIR/src/cli/plugboard with its libraries, a test
+# ext4 image and guest-init.sh as /init, which runs the scenarios and prints one
+# `RESULT name PASS|FAIL reason` line each, and `BENCH config read|write MiB/s` figures.
+#
+# The guest has QEMU's usb-storage stick (the same ext4 image plus scratch space) on an xHCI
+# controller, and user networking: the host reaches the guest's usbipd through a hostfwd on
+# 127.0.0.1, and the guest reaches a `plugboard serve` on the host's 127.0.0.1 through slirp's
+# host address 10.0.2.2. That host server is PB_VM_HOST_PLUGBOARD when set (tools/test passes the
+# AddressSanitizer build), so a real kernel drives a sanitized server.
 #
 # Exit status: 0 when every expected RESULT line says PASS and the kernel complained about nothing.
 set -euo pipefail
@@ -13,8 +20,16 @@ set -euo pipefail
 BUILD_DIR=$(realpath "${1:?usage: run-vm-tests.sh BUILD_DIR}")
 PLUGBOARD=$BUILD_DIR/src/cli/plugboard
 CACHE=$BUILD_DIR/vm-cache
-VM_TIMEOUT=${VM_TIMEOUT:-240}
-EXPECTED=(A-msc A-keyboard)
+HOST_PLUGBOARD=${PB_VM_HOST_PLUGBOARD:-$PLUGBOARD}
+VM_DIR=$(dirname "$(realpath "$0")")
+VM_TIMEOUT=${VM_TIMEOUT:-600}
+VM_ONLY=${PB_VM_ONLY:-}   # a comma-separated subset of scenarios (and "bench"), for development
+EXPECTED=(A-msc A-keyboard A-serial C-msc C-keyboard C-serial D-msc D-keyboard D-serial B-usbip-host
+          F-host-list F-host-serve F-host-serve-image E-kill-server E-detach-io E-stall)
+if [ -n "$VM_ONLY" ]; then
+  only=(); for t in "${EXPECTED[@]}"; do [[ ",$VM_ONLY," == *",${t%-image},"* ]] && only+=("$t"); done
+  EXPECTED=("${only[@]}")
+fi
 
 [ -x "$PLUGBOARD" ] || { echo "vm: $PLUGBOARD not built" >&2; exit 1; }
 mkdir -p "$CACHE"
@@ -22,7 +37,7 @@ cd "$CACHE"
 
 # ---- host tools: install only what is missing ----
 need=()
-for p in qemu-system-x86 busybox-static usbip kmod cpio xz-utils e2fsprogs; do
+for p in qemu-system-x86 busybox-static usbip kmod cpio xz-utils e2fsprogs dmsetup python3; do
   dpkg-query -W -f '${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed' || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -54,12 +69,18 @@ if [ ! -f "$VMLINUX" ]; then
   mv "$VMLINUX.tmp" "$VMLINUX"
 fi
 
-# ---- test disk: ext4, 32 MiB, holding a known file of random data ----
-rm -rf "$CACHE/diskroot" "$CACHE/disk.img"
+# ---- test disks: ext4, 32 MiB, holding a known file of random data ----
+# disk.img goes into the initramfs (for the guest's virtual disks), host-disk.img is served by the
+# host for scenario F, stick.img is QEMU's usb-storage: the same file system, then scratch space up
+# to 96 MiB for the write benchmark.
+rm -rf "$CACHE/diskroot" "$CACHE"/{disk,host-disk,stick}.img
 mkdir "$CACHE/diskroot"
 head -c 4M /dev/urandom > "$CACHE/diskroot/known.bin"
 KNOWN_SHA=$(sha256sum "$CACHE/diskroot/known.bin" | cut -c1-64)
 mke2fs -q -t ext4 -d "$CACHE/diskroot" "$CACHE/disk.img" 32M
+cp "$CACHE/disk.img" "$CACHE/host-disk.img"
+cp "$CACHE/disk.img" "$CACHE/stick.img"
+truncate -s 96M "$CACHE/stick.img"
 
 # ---- initramfs ----
 R=$CACHE/rootfs
@@ -81,6 +102,7 @@ copy_with_libs() { # copy a binary to DEST and every library ldd lists at its ow
 }
 copy_with_libs /usr/sbin/usbip /usr/sbin/usbip
 copy_with_libs /usr/sbin/usbipd /usr/sbin/usbipd
+copy_with_libs "$(command -v dmsetup)" /usr/sbin/dmsetup
 copy_with_libs "$PLUGBOARD" /usr/bin/plugboard
 for ids in /usr/share/misc/usb.ids /usr/share/hwdata/usb.ids /var/lib/usbutils/usb.ids; do
   [ -e "$ids" ] && { cp -L "$ids" "$R/usr/share/misc/usb.ids"; break; }
@@ -88,7 +110,8 @@ done
 echo 'root:x:0:0::/:/bin/sh' > "$R/etc/passwd"
 cp "$CACHE/disk.img" "$R/img/disk.img"
 
-MODULES="usbip-core vhci-hcd usb-storage sd_mod usbhid hid-generic evdev cdc-acm crc32c_generic ext4 loop usbmon"
+MODULES="usbip-core usbip-host vhci-hcd xhci-pci usb-storage sd_mod usbhid hid-generic evdev cdc-acm crc32c_generic
+  ext4 loop usbmon dm-mod virtio_net virtio_pci"
 for m in $MODULES; do
   modprobe -d "$KDIR" -S "$KV" --show-depends "$m"
 done | awk '$1 == "insmod" {print $2}' | sort -u | while read -r f; do
@@ -99,136 +122,74 @@ done
 cp "$KDIR/lib/modules/$KV"/modules.{order,builtin,builtin.modinfo} "$R/lib/modules/$KV/"
 depmod -b "$R" "$KV"
 
-cat > "$R/init" <<'EOF'
-#!/bin/sh
-export PATH=/bin:/usr/sbin:/usr/bin
-mount -t proc p /proc; mount -t sysfs s /sys; mount -t devtmpfs d /dev; mount -t tmpfs t /tmp
-ip link set lo up
-KNOWN_SHA=
-for a in $(cat /proc/cmdline); do case $a in vmtest.sha=*) KNOWN_SHA=${a#*=};; esac; done
-log() { echo "### [$(cut -d' ' -f1 /proc/uptime)] $*"; }
-waitfor() { # CONDITION TENTHS: poll a shell condition every 0.1 s
-  i=0; while ! eval "$1"; do [ $i -ge ${2:-300} ] && return 1; sleep 0.1; i=$((i+1)); done; return 0; }
-stop_server() { # the pid is in a file: scenarios run in a subshell
-  [ -f /tmp/server.pid ] || return 0
-  pid=$(cat /tmp/server.pid); rm -f /tmp/server.pid
-  kill $pid 2>/dev/null; waitfor "[ ! -d /proc/$pid ]" 50 || kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null; return 0; }
-start_server() { # LOG ARGS...: start plugboard serve, wait for its listening line
-  out=$1; shift
-  plugboard serve "$@" > $out 2>&1 &
-  echo $! > /tmp/server.pid
-  waitfor "grep -q '^listening' $out" 100 || { cat $out; return 1; }
-  cat $out
-}
-vhci_port() { usbip port 2>/dev/null | sed -n 's/^Port \([0-9]*\):.*/\1/p' | head -1; }
-detach_all() { p=$(vhci_port); [ -n "$p" ] && usbip detach -p $p; }
-
-echo; log "init start, kernel $(uname -r)"
-modprobe -a usbip-core vhci-hcd usb-storage sd_mod usbhid hid-generic evdev cdc-acm crc32c_generic ext4
-modprobe loop 2>/dev/null
-modprobe usbmon 2>/dev/null && mount -t debugfs none /sys/kernel/debug
-
-# ---- A1: mass storage backed by an ext4 image, imported by Linux's usbip attach ----
-a_msc() {
-  start_server /tmp/serve-msc.log --listen 127.0.0.1 --port 3240 --virtual msc:/img/disk.img ||
-    { echo "server did not start"; return 1; }
-  usbip list -r 127.0.0.1
-  usbip attach -r 127.0.0.1 -b 100-1 || { echo "usbip attach failed"; return 1; }
-  vdisk() { for b in /sys/block/sd*; do case $(readlink -f $b) in *vhci_hcd*) DISK=${b##*/}; return 0;; esac; done; return 1; }
-  waitfor 'vdisk && [ -b /dev/$DISK ]' 300 || { echo "no /dev/sd* appeared on vhci"; return 1; }
-  log "vhci disk /dev/$DISK: $(cat /sys/block/$DISK/size) sectors"
-  usbip port
-  mount -t ext4 /dev/$DISK /mnt || { echo "mount /dev/$DISK failed"; return 1; }
-  s=$(sha256sum /mnt/known.bin | cut -c1-64)
-  [ "$s" = "$KNOWN_SHA" ] || { umount /mnt; echo "known.bin sha256 $s, expected $KNOWN_SHA"; return 1; }
-  log "known.bin sha256 matches the host's"
-  dd if=/dev/urandom of=/tmp/new.bin bs=1024 count=1024 2>/dev/null
-  [ "$(wc -c < /tmp/new.bin)" -eq 1048576 ] || { umount /mnt; echo "could not make a 1 MiB random new.bin"; return 1; }
-  NEW_SHA=$(sha256sum /tmp/new.bin | cut -c1-64)
-  cp /tmp/new.bin /mnt/new.bin || { umount /mnt; echo "writing new.bin failed"; return 1; }
-  sync
-  umount /mnt || { echo "umount failed"; return 1; }
-  detach_all || { echo "usbip detach failed"; return 1; }
-  waitfor '[ ! -b /dev/$DISK ]' 100 || { echo "/dev/$DISK still there after detach"; return 1; }
-  stop_server
-  cat /tmp/serve-msc.log
-  mount -t ext4 -o loop,ro /img/disk.img /mnt || { echo "loop mount of the image failed"; return 1; }
-  s=$(sha256sum /mnt/new.bin 2>/dev/null | cut -c1-64)
-  umount /mnt
-  [ "$s" = "$NEW_SHA" ] || { echo "new.bin in the image has sha256 '$s', expected $NEW_SHA"; return 1; }
-  log "new.bin written through usbip is in the image"
-  return 0
-}
-
-# ---- A2: keyboard typing "abc" on import ----
-# The kernel's VT keyboard handler opens every new keyboard while hid-generic is still probing it, so
-# usbhid polls at once; evdev would only see events once we open it, which is too late. So the check
-# reads tty1 (raw mode, opened before the attach): keyboard -> vhci -> usbhid -> input core -> VT.
-# Reports that arrive before the HID driver's probe returns are dropped by the HID core (it holds
-# driver_input_lock during probe): a server that types the moment it is first polled loses the text.
-# The usbmon trace printed on failure shows what the server delivered and when.
-a_keyboard() {
-  start_server /tmp/serve-kbd.log --listen 127.0.0.1 --port 3241 --virtual keyboard --type abc ||
-    { echo "server did not start"; return 1; }
-  # One open across stty and cat: the VT driver resets termios on the last close.
-  timeout 20 sh -c 'stty raw -echo && exec cat' < /dev/tty1 > /tmp/tty1.txt &
-  rd=$!
-  timeout 25 cat /sys/kernel/debug/usb/usbmon/0u > /tmp/usbmon.txt 2>/dev/null &
-  usbip --tcp-port 3241 attach -r 127.0.0.1 -b 100-1 || { kill $rd; echo "usbip attach failed"; return 1; }
-  vev() { for e in /sys/class/input/event*; do case $(readlink -f $e) in *vhci_hcd*) EV=${e##*/}; return 0;; esac; done; return 1; }
-  waitfor 'vev && [ -c /dev/input/$EV ]' 300 || { kill $rd; echo "no vhci input event device appeared"; return 1; }
-  log "vhci keyboard /dev/input/$EV"
-  waitfor '[ "$(cat /tmp/tty1.txt)" = abc ]' 150
-  kill $rd 2>/dev/null; wait $rd 2>/dev/null
-  got=$(od -An -c /tmp/tty1.txt | tr -s ' ' | sed 's/^ //')
-  detach_all
-  stop_server
-  cat /tmp/serve-kbd.log
-  if [ "$(cat /tmp/tty1.txt)" != abc ]; then
-    echo "usbmon trace of the attempt:"; cat /tmp/usbmon.txt
-    n=$(grep -cE ' C Ii:[0-9]+:[0-9]+:1 0:8 8 = 0000(0[1-9a-f]|[1-9a-f][0-9a-f])' /tmp/usbmon.txt)
-    [ "$n" -gt 0 ] && why="; usbmon saw $n key-down report(s) delivered by the server, lost in the kernel (sent before hid-generic finished probing?)"
-    echo "tty1 received '$got', expected 'a b c'$why"; return 1
-  fi
-  log "tty1 received: $got"
-  return 0
-}
-
-run() { # NAME FUNCTION: the function's last output line is the failure reason
-  { $2; echo $? > /tmp/$1.rc; } 2>&1 | tee /tmp/$1.out
-  rc=$(cat /tmp/$1.rc)
-  if [ $rc = 0 ]; then echo "RESULT $1 PASS"; else echo "RESULT $1 FAIL $(tail -1 /tmp/$1.out)"; fi
-  stop_server
-}
-run A-msc a_msc
-run A-keyboard a_keyboard
-
-log "kernel log follows"
-echo "### dmesg begin"
-dmesg
-echo "### dmesg end"
-log "done"
-poweroff -f
-EOF
+cp "$VM_DIR/guest-init.sh" "$R/init"
 chmod +x "$R/init"
 (cd "$R" && find . | cpio -o -H newc --quiet) | gzip -1 > "$CACHE/initramfs.cpio.gz"
+
+# ---- host side of scenario F ----
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+HOST_SERVE_PORT=$(free_port); HOST_FWD_PORT=$(free_port); HOST_SIGNAL_PORT=$(free_port)
+HOST_LOG=$CACHE/host-serve.log
+echo "vm: host server $HOST_PLUGBOARD on 127.0.0.1:$HOST_SERVE_PORT"
+"$HOST_PLUGBOARD" serve --listen 127.0.0.1 --port "$HOST_SERVE_PORT" --virtual "msc:$CACHE/host-disk.img" \
+  > "$HOST_LOG" 2>&1 &
+HOST_PID=$!
+for _ in $(seq 100); do grep -q '^listening' "$HOST_LOG" && break; sleep 0.1; done
+
+host_results=()
+host_list_probe() { # when the guest says its usbipd is up: read it through the hostfwd port
+  local busid=$1 out=$CACHE/host-list.txt why=
+  if ! "$PLUGBOARD" list -r 127.0.0.1 -p "$HOST_FWD_PORT" > "$out" 2>&1; then why="plugboard list failed"
+  elif ! grep -q "$busid: .*(46f4:0001)" "$out"; then why="the stick $busid (46f4:0001) is not in the list"
+  elif ! "$PLUGBOARD" probe -r 127.0.0.1 -p "$HOST_FWD_PORT" -b "$busid" >> "$out" 2>&1; then why="plugboard probe failed"
+  elif ! grep -q 'bInterfaceClass *8 Mass Storage' "$out"; then why="probe shows no mass storage interface"
+  fi
+  sed 's/^/vm: host: /' "$out"
+  host_results+=("RESULT F-host-list ${why:+FAIL }${why:-PASS}")
+  # Let the guest go on (it waits on port 5555 behind the hostfwd).
+  exec 7<> "/dev/tcp/127.0.0.1/$HOST_SIGNAL_PORT" && exec 7>&-
+}
 
 # ---- boot ----
 echo "vm: booting $KV (TCG), timeout ${VM_TIMEOUT}s"
 START=$(date +%s%N)
-set +e
+: > "$CACHE/console.log"
 timeout "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1024 -nographic -no-reboot \
-  -nic none -kernel "$VMLINUX" -initrd "$CACHE/initramfs.cpio.gz" \
-  -append "console=ttyS0 panic=-1 loglevel=4 vmtest.sha=$KNOWN_SHA" < /dev/null 2>&1 |
-  tr -d '\r' > "$CACHE/console.log"
-QRC=${PIPESTATUS[0]}
-set -e
+  -kernel "$VMLINUX" -initrd "$CACHE/initramfs.cpio.gz" \
+  -append "console=ttyS0 panic=-1 loglevel=4 vmtest.sha=$KNOWN_SHA vmtest.hserve=$HOST_SERVE_PORT vmtest.only=$VM_ONLY vmtest.mb=${VM_BENCH_MB:-32}" \
+  -netdev "user,id=net0,net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:$HOST_FWD_PORT-10.0.2.15:3250,hostfwd=tcp:127.0.0.1:$HOST_SIGNAL_PORT-10.0.2.15:5555" \
+  -device virtio-net-pci,netdev=net0 \
+  -device qemu-xhci,id=usb -drive if=none,id=stick,format=raw,file="$CACHE/stick.img" \
+  -device usb-storage,bus=usb.0,drive=stick,serial=PBSTICK \
+  < /dev/null 2>&1 | stdbuf -oL tr -d '\r' > "$CACHE/console.log" &  # line-buffered: the host watches it
+QEMU_PIPE=$!
+listed=
+while kill -0 "$QEMU_PIPE" 2>/dev/null; do
+  if [ -z "$listed" ] && line=$(grep -a -m1 'F-list ready busid=' "$CACHE/console.log"); then
+    listed=1; host_list_probe "${line##*busid=}"
+  fi
+  sleep 0.5
+done
+QRC=0; wait "$QEMU_PIPE" || QRC=$?
 echo "vm: wall time $(( ($(date +%s%N) - START) / 1000000 )) ms, console log $CACHE/console.log"
 
+# The host server: stop it, then judge its log (sanitizers) and what the guest wrote into its image.
+kill -TERM "$HOST_PID" 2>/dev/null; HOST_RC=0; wait "$HOST_PID" || HOST_RC=$?
+sed 's/^/vm: host server: /' "$HOST_LOG"
+guest_sha=$(sed -n 's/.*F-serve wrote from-guest.bin sha256 \([0-9a-f]*\).*/\1/p' "$CACHE/console.log" | tail -1)
+image_sha=$(debugfs -R 'cat /from-guest.bin' "$CACHE/host-disk.img" 2>/dev/null | sha256sum | cut -c1-64)
+why=
+if [ "$HOST_RC" != 0 ]; then why="the host server exited with status $HOST_RC"
+elif grep -qE 'AddressSanitizer|LeakSanitizer|runtime error' "$HOST_LOG"; then why="the sanitizers reported on the host server"
+elif ! grep -q '^import 100-1' "$HOST_LOG"; then why="the host server saw no import"
+elif [ -z "$guest_sha" ] || [ "$image_sha" != "$guest_sha" ]; then why="from-guest.bin in the host's image has sha256 $image_sha, the guest wrote ${guest_sha:-nothing}"
+fi
+host_results+=("RESULT F-host-serve-image ${why:+FAIL }${why:-PASS}")
+
 passed=0; failed=0
-grep -a '^###' "$CACHE/console.log" || true
+grep -a '^###' "$CACHE/console.log" | grep -av '^### dmesg' || true
 for t in "${EXPECTED[@]}"; do
-  line=$(grep -a "^RESULT $t " "$CACHE/console.log" | tail -1 || true)
+  line=$({ grep -a "^RESULT $t " "$CACHE/console.log"; printf '%s\n' "${host_results[@]}" | grep "^RESULT $t "; } | tail -1 || true)
   case $line in
     "RESULT $t PASS"*) echo "$line"; passed=$((passed + 1));;
     "") echo "RESULT $t FAIL missing RESULT line"; failed=$((failed + 1));;
@@ -238,11 +199,23 @@ done
 if [ "$QRC" = 124 ]; then echo "vm: FAIL timeout after ${VM_TIMEOUT}s"; failed=$((failed + 1)); fi
 # Kernel lines only (timestamped): our own output cannot match.
 complaints=$(grep -aE '^\[ *[0-9]+\.[0-9]+\]' "$CACHE/console.log" |
-  grep -aE 'WARNING|BUG|unknown pdu|malicious|hung_task' | sort -u || true)
+  grep -aE 'WARNING|BUG|unknown pdu|malicious|hung_task|blocked for more than' | sort -u || true)
 if [ -n "$complaints" ]; then
   echo "vm: FAIL the kernel complained:"
   echo "$complaints"
   failed=$((failed + 1))
 fi
+
+# ---- benchmark table: medians from this boot, ratios against the kernel's usbip-host export ----
+figure() { grep -a "^BENCH $1 $2 " "$CACHE/console.log" | tail -1 | awk '{print $4}'; }
+echo "vm: dd O_DIRECT through vhci, MiB/s (median of 3 runs of ${VM_BENCH_MB:-32} MiB, TCG guest):"
+printf 'vm: %-24s %8s %8s %14s %14s\n' config read write "read/(ii)" "write/(ii)"
+for c in direct-usb-storage usbip-host plugboard-tcp plugboard-socketpair; do
+  r=$(figure $c read); w=$(figure $c write); br=$(figure usbip-host read); bw=$(figure usbip-host write)
+  [ -n "$r$w" ] || continue
+  ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }'; }
+  printf 'vm: %-24s %8s %8s %14s %14s\n' $c "${r:--}" "${w:--}" "$(ratio "$r" "$br")" "$(ratio "$w" "$bw")"
+done
+
 echo "vm: $passed passed, $failed failed"
 [ "$failed" = 0 ]

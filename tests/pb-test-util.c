@@ -180,8 +180,9 @@ server_fail_start (PbTestServer *server, const char *what)
 PbTestServer *
 pb_test_server_startv (const char *const *args)
 {
-  g_autoptr(GSubprocessLauncher) launcher = g_subprocess_launcher_new (G_SUBPROCESS_FLAGS_STDOUT_PIPE);
+  g_autoptr(GSubprocessLauncher) launcher = NULL;
   g_autoptr(GPtrArray) argv = g_ptr_array_new ();
+  GSubprocessFlags flags = G_SUBPROCESS_FLAGS_STDOUT_PIPE;
   g_autoptr(GError) error = NULL;
   g_autofree char *listening = NULL;
   PbTestServer *server;
@@ -198,9 +199,12 @@ pb_test_server_startv (const char *const *args)
     {
       if (g_str_equal (args[i], "--virtual") || g_str_has_prefix (args[i], "--virtual="))
         n_virtual++;
+      if (g_str_equal (args[i], "--type-stdin"))
+        flags |= G_SUBPROCESS_FLAGS_STDIN_PIPE; /* see pb_test_server_write_stdin */
       g_ptr_array_add (argv, (gpointer) args[i]);
     }
   g_ptr_array_add (argv, NULL);
+  launcher = g_subprocess_launcher_new (flags);
 
   server = g_new0 (PbTestServer, 1);
   g_mutex_init (&server->lock);
@@ -262,6 +266,19 @@ pb_test_server_start (const char *first_arg, ...)
   va_end (ap);
   g_ptr_array_add (args, NULL);
   return pb_test_server_startv ((const char *const *) args->pdata);
+}
+
+void
+pb_test_server_write_stdin (PbTestServer *server, const char *text)
+{
+  GOutputStream *in = g_subprocess_get_stdin_pipe (server->process);
+  g_autoptr(GError) error = NULL;
+
+  g_assert_nonnull (in);
+  g_assert_true (g_output_stream_write_all (in, text, strlen (text), NULL, NULL, &error));
+  g_assert_no_error (error);
+  g_assert_true (g_output_stream_flush (in, NULL, &error));
+  g_assert_no_error (error);
 }
 
 guint16

@@ -33,6 +33,8 @@ typedef struct _PbTestServer PbTestServer;
  * 10 s. The child gets SIGKILL if the test process dies. */
 PbTestServer *pb_test_server_start (const char *first_arg, ...) G_GNUC_NULL_TERMINATED;
 PbTestServer *pb_test_server_startv (const char *const *args);
+/* Writes to the server's standard input: only for a server started with --type-stdin. */
+void pb_test_server_write_stdin (PbTestServer *server, const char *text);
 guint16 pb_test_server_get_port (PbTestServer *server);
 GPid pb_test_server_get_pid (PbTestServer *server);
 guint pb_test_server_get_n_devices (PbTestServer *server);

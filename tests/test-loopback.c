@@ -606,36 +606,39 @@ test_mass_storage_read_only (void)
 
 /* ---- keyboard ---- */
 
-static void
-test_keyboard (void)
+static const guint8 hi_reports[8][8] = {
+  { 0x02, 0, 0x0b, 0, 0, 0, 0, 0 }, /* shift + h */
+  { 0 },
+  { 0x00, 0, 0x0c, 0, 0, 0, 0, 0 }, /* i */
+  { 0 },
+  { 0x02, 0, 0x1e, 0, 0, 0, 0, 0 }, /* shift + 1 */
+  { 0 },
+  { 0x00, 0, 0x28, 0, 0, 0, 0, 0 }, /* Enter */
+  { 0 },
+};
+
+/* Imports the keyboard, configures it and returns its interrupt IN endpoint. */
+static guint8
+start_keyboard (PbTestServer *server, PbRemoteDevice **device)
 {
-  /* The server unescapes "\n" itself, as a shell would pass it. */
-  g_autoptr(PbTestServer) server = pb_test_server_start ("--virtual", "keyboard", "--type", "Hi!\\n", NULL);
-  const char *busid = pb_test_server_get_busid (server, 0);
-  static const guint8 expected[8][8] = {
-    { 0x02, 0, 0x0b, 0, 0, 0, 0, 0 }, /* shift + h */
-    { 0 },
-    { 0x00, 0, 0x0c, 0, 0, 0, 0, 0 }, /* i */
-    { 0 },
-    { 0x02, 0, 0x1e, 0, 0, 0, 0, 0 }, /* shift + 1 */
-    { 0 },
-    { 0x00, 0, 0x28, 0, 0, 0, 0, 0 }, /* Enter */
-    { 0 },
-  };
   g_autoptr(GBytes) configuration = NULL;
-  PbRemoteDevice *device;
   const guint8 *config;
   gsize config_len;
   guint8 ep;
 
-  device = import_device (server, busid);
-  configuration = get_configuration (device);
+  *device = import_device (server, pb_test_server_get_busid (server, 0));
+  configuration = get_configuration (*device);
   config = g_bytes_get_data (configuration, &config_len);
   ep = pb_test_find_endpoint (config, config_len, 0x03, 3, TRUE);
   g_assert_cmphex (ep & 0x80, ==, 0x80);
-  set_configuration (device, configuration);
+  set_configuration (*device, configuration);
+  return ep;
+}
 
-  for (guint i = 0; i < G_N_ELEMENTS (expected); i++)
+static void
+expect_reports (PbRemoteDevice *device, guint8 ep, const guint8 (*expected)[8], guint n)
+{
+  for (guint i = 0; i < n; i++)
     {
       guint8 report[8];
       guint32 actual = 0;
@@ -647,8 +650,36 @@ test_keyboard (void)
                       report[3], report[4], report[5], report[6], report[7]);
       g_assert_cmpmem (report, 8, expected[i], 8);
     }
+}
 
-  close_device (server, device, busid);
+static void
+test_keyboard (void)
+{
+  /* The server unescapes "\n" itself, as a shell would pass it. */
+  g_autoptr(PbTestServer) server = pb_test_server_start ("--virtual", "keyboard", "--type", "Hi!\\n", NULL);
+  PbRemoteDevice *device;
+  guint8 ep = start_keyboard (server, &device);
+
+  expect_reports (device, ep, hi_reports, G_N_ELEMENTS (hi_reports));
+  close_device (server, device, pb_test_server_get_busid (server, 0));
+  g_assert_true (pb_test_server_stop (server));
+}
+
+/* --type-stdin types what arrives, when it arrives; a byte it cannot type costs only itself. */
+static void
+test_keyboard_stdin (void)
+{
+  g_autoptr(PbTestServer) server = pb_test_server_start ("--virtual", "keyboard", "--type-stdin", NULL);
+  static const guint8 a_reports[2][8] = { { 0x00, 0, 0x04, 0, 0, 0, 0, 0 }, { 0 } };
+  PbRemoteDevice *device;
+  guint8 ep = start_keyboard (server, &device);
+
+  pb_test_server_write_stdin (server, "Hi!\n");
+  expect_reports (device, ep, hi_reports, G_N_ELEMENTS (hi_reports));
+  pb_test_server_write_stdin (server, "\001" "a");
+  expect_reports (device, ep, a_reports, G_N_ELEMENTS (a_reports));
+  g_assert_true (pb_test_server_is_running (server));
+  close_device (server, device, pb_test_server_get_busid (server, 0));
   g_assert_true (pb_test_server_stop (server));
 }
 
@@ -846,6 +877,7 @@ main (int argc, char **argv)
   g_test_add_func ("/loopback/mass-storage", test_mass_storage);
   g_test_add_func ("/loopback/mass-storage-read-only", test_mass_storage_read_only);
   g_test_add_func ("/loopback/keyboard", test_keyboard);
+  g_test_add_func ("/loopback/keyboard-stdin", test_keyboard_stdin);
   g_test_add_func ("/loopback/serial", test_serial);
   g_test_add_func ("/loopback/log-lines", test_log_lines);
   g_test_add_func ("/loopback/reuse-and-busy", test_reuse_and_busy);

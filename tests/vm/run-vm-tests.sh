@@ -131,6 +131,10 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 HOST_SERVE_PORT=$(free_port); HOST_FWD_PORT=$(free_port); HOST_SIGNAL_PORT=$(free_port)
 HOST_LOG=$CACHE/host-serve.log
 echo "vm: host server $HOST_PLUGBOARD on 127.0.0.1:$HOST_SERVE_PORT"
+# The sanitizers' settings of the asan test setup (meson.build); harmless for a plain build.
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1 \
+UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+LSAN_OPTIONS=suppressions=$VM_DIR/../lsan.supp \
 "$HOST_PLUGBOARD" serve --listen 127.0.0.1 --port "$HOST_SERVE_PORT" --virtual "msc:$CACHE/host-disk.img" \
   > "$HOST_LOG" 2>&1 &
 HOST_PID=$!

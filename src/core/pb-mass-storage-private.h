@@ -18,5 +18,8 @@ G_GNUC_INTERNAL gboolean pb_mass_storage_wait_io_gated (guint n, guint timeout_m
 /* I/Os in the process that are queued, running, or whose result the main context has not
  * consumed (or dropped) yet. */
 G_GNUC_INTERNAL guint pb_mass_storage_get_io_count (void);
+/* Whether I/O that cannot stall may skip the worker (try_io_now in pb-mass-storage.c; on by
+ * default). The tests of the worker path turn it off. */
+G_GNUC_INTERNAL void pb_mass_storage_set_fast_path (gboolean allowed);
 
 G_END_DECLS

@@ -17,7 +17,10 @@
  * memory while the worker is still inside pread/pwrite. The staging buffer is bounded by the URB
  * length (capped at PB_USBIP_MAX_TRANSFER_LENGTH), and a device has at most one job at any time,
  * including one abandoned by a cancel and still running, so memory and threads stay bounded
- * whatever the host does. */
+ * whatever the host does.
+ *
+ * I/O that cannot stall skips the worker (try_io_now): an image in memory, or data the kernel can
+ * move without waiting (RWF_NOWAIT). */
 #define G_LOG_DOMAIN "plugboard"
 
 #include "pb-mass-storage.h"
@@ -26,9 +29,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <linux/magic.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "pb-error.h"
@@ -54,6 +60,7 @@ typedef enum {
 typedef struct {
   gatomicrefcount ref;
   int fd;
+  gboolean in_memory;  /* tmpfs, ramfs, hugetlbfs or a memfd: I/O cannot stall on a disk */
 } MscImage;
 
 typedef enum {
@@ -163,6 +170,7 @@ static GCond gate_cond;
 static gboolean gate_closed;  /* also read without the lock, as a hint */
 static guint gate_waiting;
 static gint live_jobs;
+static gint fast_path_allowed = TRUE;
 
 static void
 gate_pass (void)
@@ -185,6 +193,12 @@ pb_mass_storage_set_io_gate (gboolean closed)
   g_atomic_int_set (&gate_closed, closed);
   g_cond_broadcast (&gate_cond);
   g_mutex_unlock (&gate_lock);
+}
+
+void
+pb_mass_storage_set_fast_path (gboolean allowed)
+{
+  g_atomic_int_set (&fast_path_allowed, allowed);
 }
 
 gboolean
@@ -241,6 +255,46 @@ write_image (int fd, const guint8 *buffer, gsize length, guint64 offset)
       done += (gsize) n;
     }
   return TRUE;
+}
+
+/* ---- the fast path: I/O that cannot block, done at once on the main context ---- */
+
+/* The worker costs a thread hop and a copy per request. Skip it when the I/O cannot stall: the
+ * image lives in memory, or the kernel can do it without waiting (RWF_NOWAIT: data already in
+ * the page cache). Anything short of the whole request falls back to the worker, which redoes
+ * it from the start (the same bytes at the same offset: harmless). */
+static gboolean
+try_io_now (PbMassStorage *self, MscIoKind kind, guint8 *buffer, gsize length, guint64 offset)
+{
+  struct iovec iov = { .iov_base = buffer, .iov_len = length };
+  gssize n;
+
+  if (self->job != NULL || !g_atomic_int_get (&fast_path_allowed))
+    return FALSE; /* an abandoned job may still be writing */
+  if (self->image->in_memory)
+    {
+      gsize done;
+      return kind == MSC_IO_READ ? read_image (self->image->fd, buffer, length, offset, &done)
+                                 : write_image (self->image->fd, buffer, length, offset);
+    }
+  do
+    n = kind == MSC_IO_READ ? preadv2 (self->image->fd, &iov, 1, (off_t) offset, RWF_NOWAIT)
+                            : pwritev2 (self->image->fd, &iov, 1, (off_t) offset, RWF_NOWAIT);
+  while (n < 0 && errno == EINTR);
+  return n == (gssize) length; /* EAGAIN, EOPNOTSUPP (no RWF_NOWAIT here), short: the worker */
+}
+
+static gboolean
+image_in_memory (int fd)
+{
+  struct statfs fs;
+  struct stat st;
+
+  /* A regular file only: fstatfs() of a device node tells where the node lives (devtmpfs is a
+   * tmpfs), not where the device keeps its data (the QEMU suite's stalled dm device). */
+  if (fstat (fd, &st) < 0 || !S_ISREG (st.st_mode) || fstatfs (fd, &fs) < 0)
+    return FALSE;
+  return fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC || fs.f_type == HUGETLBFS_MAGIC;
 }
 
 /* Runs wherever the job's source is dispatched or destroyed; touches nothing of the device. */
@@ -540,6 +594,12 @@ send_data (PbMassStorage *self, PbUrb *urb)
 
   if (self->command.media_io)
     {
+      if (try_io_now (self, MSC_IO_READ, urb->buffer, n, self->command.offset))
+        {
+          self->command.offset += n;
+          finish_data_in (self, urb, n);
+          return;
+        }
       start_io (self, MSC_IO_READ, urb, n, self->command.offset); /* read_done() goes on */
       return;
     }
@@ -665,6 +725,12 @@ receive_data (PbMassStorage *self, PbUrb *urb)
 
   if (useful > 0 && self->command.media_io && !self->io_failed)
     {
+      if (try_io_now (self, MSC_IO_WRITE, urb->buffer, useful, self->command.offset))
+        {
+          self->command.offset += useful;
+          finish_data_out (self, urb, n, useful);
+          return;
+        }
       /* The request completes when the data is on the image (write_done()). */
       MscJob *job = start_io (self, MSC_IO_WRITE, urb, useful, self->command.offset);
       job->taken = n;
@@ -1027,6 +1093,7 @@ pb_mass_storage_new (int fd, gboolean read_only, GError **error)
 
   self = g_object_new (PB_TYPE_MASS_STORAGE, NULL);
   self->image->fd = fcntl (fd, F_DUPFD_CLOEXEC, 3);
+  self->image->in_memory = self->image->fd >= 0 && image_in_memory (self->image->fd);
   if (self->image->fd < 0)
     {
       g_set_error (error, PB_ERROR, PB_ERROR_FAILED, "cannot duplicate the image descriptor: %s", g_strerror (errno));

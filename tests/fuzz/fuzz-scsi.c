@@ -137,6 +137,9 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     }
   check_prepare (data, size, read_only);
 
+  /* The image is a memfd, which the fast path would serve at once: keep every I/O on the
+   * worker path, whose pending states the scripts explore. */
+  pb_mass_storage_set_fast_path (FALSE);
   storage = pb_mass_storage_new (image_fd, read_only, NULL);
   if (storage == NULL)
     abort ();

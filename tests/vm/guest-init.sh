@@ -38,6 +38,7 @@ stop_server() {
 }
 start_devices() { # METHOD SPEC [PORT]
   port=${3:-3240}
+  rm -f /tmp/server.log # else the wait below may find the previous server's lines
   rm -f /tmp/kbd.fifo; mkfifo /tmp/kbd.fifo; exec 4<>/tmp/kbd.fifo
   if [ $1 = virtual ]; then
     plugboard virtual --attach "$2" --type-stdin < /tmp/kbd.fifo > /tmp/server.log 2>&1 &
@@ -236,6 +237,10 @@ e_stall() { # the image's storage hangs past the SCSI timeout (device-mapper sus
   dd if=/dev/$DISK of=/tmp/stall-read.bin iflag=direct bs=64k count=16 skip=100 2>/tmp/dd.err & DD=$!
   sleep 6 # past the 3 s SCSI timeout: the kernel unlinks, resets and retries
   timeout 5 plugboard list -r 127.0.0.1 > /tmp/list.txt; lrc=$?
+  if [ $lrc != 0 ]; then # where the server waits, while the disk still stalls
+    spid=$(cat /tmp/server.pid)
+    for t in /proc/$spid/task/*; do echo "server thread ${t##*/} ($(cat $t/comm)) $(grep State $t/status):"; cat $t/stack; done
+  fi
   DM_DISABLE_UDEV=1 dmsetup resume pbstall
   log "image storage resumed"
   [ $lrc = 0 ] && grep -q '100-1:' /tmp/list.txt || fail "the server did not answer a device list while its disk stalled" || return 1
@@ -288,15 +293,16 @@ run() { # NAME FUNCTION [ARGS]: the function's last output line is the failure r
   name=$1; shift
   case ",$VT_only," in ,,|*",$name,"*) ;; *) return 0;; esac
   log "scenario $name"
-  rm -f /tmp/rc
+  rm -f /tmp/rc /tmp/out
   cat /sys/kernel/debug/usb/usbmon/0u > /tmp/usbmon-run.txt 2>/dev/null & mon=$!
-  { "$@"; echo $? > /tmp/rc; } 2>&1 | tee /tmp/out &
-  # A scenario that hangs (say, in the kernel) fails with a diagnosis, and the rest still run.
-  if waitfor '[ -f /tmp/rc ]' 900; then
-    wait $!
-  else
-    echo "timed out after 90 s"; stuck_tasks; echo "> 90 s" > /tmp/rc; echo "timed out after 90 s" >> /tmp/out
+  # Output to a file, not a pipe: a process the scenario leaves behind (a dd stuck in the
+  # kernel) would hold a pipe open. A scenario that hangs fails with a diagnosis, and the rest
+  # still run.
+  ( "$@" > /tmp/out 2>&1; echo $? > /tmp/rc ) &
+  if ! waitfor '[ -f /tmp/rc ]' 900; then
+    echo "timed out after 90 s" >> /tmp/out; echo "> 90 s" > /tmp/rc; stuck_tasks >> /tmp/console-extra
   fi
+  cat /tmp/out; [ -f /tmp/console-extra ] && { cat /tmp/console-extra; rm -f /tmp/console-extra; }
   kill $mon 2>/dev/null; wait $mon 2>/dev/null
   if [ "$(cat /tmp/rc)" = 0 ]; then echo "RESULT $name PASS"
   else

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Totals over meson's test logs: one line "N passed, N failed[, N skipped]".
 
-Counts TAP subtests where a test speaks TAP (each g_test case is one result), and whole tests
-otherwise, so the figure says how many behaviours were checked."""
+Counts TAP subtests where a test speaks TAP (each g_test case is one result), each
+"RESULT name PASS|FAIL" line of the QEMU suite, and whole tests otherwise, so the figure says how
+many behaviours were checked."""
 import json
 import re
 import sys
@@ -22,7 +23,14 @@ for build in sys.argv[1:]:
         result = entry.get("result")
         out = entry.get("stdout") or ""
         tap = [l for l in out.splitlines() if re.match(r"^(not )?ok \d+", l)]
-        if tap:
+        scenarios = [l for l in out.splitlines() if re.match(r"^RESULT \S+ (PASS|FAIL)", l)]
+        if scenarios:
+            passed += sum(1 for l in scenarios if l.split()[2] == "PASS")
+            failed += sum(1 for l in scenarios if l.split()[2] == "FAIL")
+            # A timeout or the kernel's complaints fail the run with every scenario passed.
+            if result not in ("OK", "SKIP", "EXPECTEDFAIL") and all(l.split()[2] == "PASS" for l in scenarios):
+                failed += 1
+        elif tap:
             for l in tap:
                 if re.search(r"#\s*skip", l, re.I):
                     skipped += 1

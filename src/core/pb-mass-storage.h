@@ -12,7 +12,11 @@ G_DECLARE_FINAL_TYPE (PbMassStorage, pb_mass_storage, PB, MASS_STORAGE, GObject)
 /* fd: an open image (regular file or block device), size a multiple of 512. The device dups it;
  * the caller keeps its own fd. read_only: writes fail with DATA PROTECT (also forced when fd is
  * not open for writing). Dispose completes the URBs it holds and detaches the device, so a
- * session still holding the PbVirtualDevice stays safe. */
+ * session still holding the PbVirtualDevice stays safe.
+ *
+ * Media I/O that may block runs on a worker thread; its results come back on the thread-default
+ * main context of the caller of pb_mass_storage_new(), which must serve the device and keep
+ * being iterated. */
 PbMassStorage *pb_mass_storage_new (int fd, gboolean read_only, GError **error);
 PbVirtualDevice *pb_mass_storage_get_device (PbMassStorage *self);
 guint64 pb_mass_storage_get_block_count (PbMassStorage *self);

@@ -101,7 +101,8 @@ check_keyboard() { # METHOD: text typed on the server arrives as key events on /
   log "vhci keyboard /dev/input/$EV: $(cat /sys/class/input/$EV/device/name)"
   cat /dev/input/$EV > /tmp/ev.bin & rd=$!
   # hid-generic creates the event device during its probe, and the HID core drops reports until
-  # that probe returns: give it a moment before typing.
+  # that probe returns: give it a moment before typing. (No sysfs sign marks the end of the probe:
+  # the driver link exists before the probe starts.)
   sleep 1
   printf abc >&4
   want="30:1 30:0 48:1 48:0 46:1 46:0" # KEY_A, KEY_B, KEY_C pressed and released

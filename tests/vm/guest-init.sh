@@ -335,8 +335,13 @@ run D-msc check_msc virtual
 run D-keyboard check_keyboard virtual
 run D-serial check_serial virtual
 run B-usbip-host b_usbip_host
-if [ -n "$STICK" ] && usbip --tcp-port 3250 list -r 127.0.0.1 > /dev/null 2>&1; then
-  # The stick is still bound to usbip-host and usbipd is up: the kernel export's figures, then the host's look.
+wants() { case ",$VT_only," in ,,|*",$1,"*) return 0;; esac; return 1; }
+if [ -n "$STICK" ] && { wants bench || wants F-host-list; }; then
+  # The kernel export's figures, then the host's look at our usbipd. B leaves the stick bound to
+  # usbip-host and usbipd up; without B, do that here.
+  if ! usbip --tcp-port 3250 list -r 127.0.0.1 > /dev/null 2>&1; then
+    usbip bind -b $STICK; usbipd -D --tcp-port 3250; sleep 0.3
+  fi
   case ",$VT_only," in ,,|*,bench,*)
     if plugboard attach -r 127.0.0.1 -p 3250 -b $STICK && waitfor 'vhci_disk && [ -b /dev/$DISK ]' 300; then
       bench usbip-host $DISK

@@ -211,7 +211,7 @@ if [ -n "$complaints" ]; then
 fi
 
 # ---- benchmark table: medians from this boot, ratios against the kernel's usbip-host export ----
-figure() { grep -a "^BENCH $1 $2 " "$CACHE/console.log" | tail -1 | awk '{print $4}'; }
+figure() { { grep -a "^BENCH $1 $2 " "$CACHE/console.log" || true; } | tail -1 | awk '{print $4}'; }
 echo "vm: dd O_DIRECT through vhci, MiB/s (median of 3 runs of ${VM_BENCH_MB:-32} MiB, TCG guest):"
 printf 'vm: %-24s %8s %8s %14s %14s\n' config read write "read/(ii)" "write/(ii)"
 for c in direct-usb-storage usbip-host plugboard-tcp plugboard-socketpair; do

@@ -7,6 +7,7 @@
 
 #include "pb-cli.h"
 #include "pb-error.h"
+#include "pb-monitor.h"
 #include "pb-remote.h"
 #include "pb-usb-ids.h"
 #include "pb-virtual-device.h"
@@ -133,6 +134,79 @@ print_device_record (const PbUsbIds *ids, const PbUsbipDeviceRecord *record)
   printf ("\n");
 }
 
+/* The kernel driver bound to each interface of the device, from sysfs ("-" when none). */
+static char *
+local_drivers (const char *busid)
+{
+  g_autofree char *pattern_dir = g_strdup ("/sys/bus/usb/devices");
+  g_autoptr(GDir) dir = g_dir_open (pattern_dir, 0, NULL);
+  g_autoptr(GPtrArray) drivers = g_ptr_array_new_with_free_func (g_free);
+  g_autofree char *prefix = g_strdup_printf ("%s:", busid);
+  const char *name;
+
+  while (dir != NULL && (name = g_dir_read_name (dir)) != NULL)
+    {
+      g_autofree char *link = NULL;
+      g_autofree char *target = NULL;
+      g_autofree char *driver = NULL;
+
+      if (!g_str_has_prefix (name, prefix))
+        continue;
+      link = g_build_filename (pattern_dir, name, "driver", NULL);
+      target = g_file_read_link (link, NULL);
+      driver = target != NULL ? g_path_get_basename (target) : g_strdup ("-");
+      if (!g_ptr_array_find_with_equal_func (drivers, driver, g_str_equal, NULL))
+        g_ptr_array_add (drivers, g_steal_pointer (&driver));
+    }
+  if (drivers->len == 0)
+    return g_strdup ("-");
+  g_ptr_array_sort (drivers, (GCompareFunc) g_strcmp0);
+  g_ptr_array_add (drivers, NULL);
+  return g_strjoinv (",", (char **) drivers->pdata);
+}
+
+/* `list -l`: this machine's USB devices, as `usbip list -l` prints them, plus the drivers. */
+static int
+list_local (void)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(PbMonitor) monitor = pb_monitor_new (&error);
+  g_autoptr(GPtrArray) devices = NULL;
+  g_autoptr(PbUsbIds) ids = NULL;
+
+  if (monitor != NULL)
+    devices = pb_monitor_list_devices (monitor, &error);
+  if (devices == NULL)
+    {
+      fprintf (stderr, "plugboard list: %s\n", error->message);
+      return PB_EXIT_FAILURE;
+    }
+  if (devices->len == 0)
+    {
+      printf ("no USB devices on this machine\n");
+      return PB_EXIT_OK;
+    }
+  ids = pb_usb_ids_load_default ();
+  for (guint i = 0; i < devices->len; i++)
+    {
+      libusb_device *device = devices->pdata[i];
+      struct libusb_device_descriptor d;
+      g_autofree char *busid = pb_monitor_device_busid (device);
+      g_autofree char *drivers = local_drivers (busid);
+      const char *vendor, *product;
+
+      if (libusb_get_device_descriptor (device, &d) < 0)
+        continue;
+      vendor = pb_usb_ids_vendor (ids, d.idVendor);
+      product = pb_usb_ids_product (ids, d.idVendor, d.idProduct);
+      printf (" - busid %s (%04x:%04x)\n", busid, d.idVendor, d.idProduct);
+      printf ("   %s : %s (%04x:%04x)\n", vendor != NULL ? vendor : "unknown vendor",
+              product != NULL ? product : "unknown product", d.idVendor, d.idProduct);
+      printf ("   driver: %s\n\n", drivers);
+    }
+  return PB_EXIT_OK;
+}
+
 int
 pb_cli_list (int argc, char **argv)
 {
@@ -143,13 +217,15 @@ pb_cli_list (int argc, char **argv)
   g_autoptr(GPtrArray) devices = NULL;
   g_autoptr(PbUsbIds) ids = NULL;
   g_autofree char *shown_host = NULL;
+  gboolean local = FALSE;
   GOptionEntry entries[] = {
     { "remote", 'r', 0, G_OPTION_ARG_STRING, &host, "The USB/IP server to ask (name or address)", "HOST" },
     { "port", 'p', 0, G_OPTION_ARG_INT, &port, "Its TCP port (default 3240)", "N" },
+    { "local", 'l', 0, G_OPTION_ARG_NONE, &local, "This machine's USB devices, with their bus IDs and drivers", NULL },
     { NULL }
   };
 
-  context = g_option_context_new ("— list the devices a USB/IP server exports");
+  context = g_option_context_new ("— list the devices a USB/IP server exports, or this machine's");
   g_option_context_add_main_entries (context, entries, NULL);
   g_option_context_set_description (context,
     "Asks the server for its device list (OP_REQ_DEVLIST) and prints it the way\n"
@@ -158,7 +234,8 @@ pb_cli_list (int argc, char **argv)
     "Works with any USB/IP server (Linux's usbipd, usbipd-win, plugboard serve).\n\n"
     "Examples:\n"
     "  plugboard list -r 192.168.1.20\n"
-    "  plugboard list -r localhost --port 3241\n\n"
+    "  plugboard list -r localhost --port 3241\n"
+    "  plugboard list -l                          # this machine's devices, to share\n\n"
     "Exit status: 0 listed (also when empty), 2 bad command line, 3 server unreachable,\n"
     "6 protocol error.");
   if (!g_option_context_parse (context, &argc, &argv, &error))
@@ -171,9 +248,16 @@ pb_cli_list (int argc, char **argv)
       fprintf (stderr, "plugboard list: unexpected argument “%s”\n", argv[1]);
       return PB_EXIT_USAGE;
     }
+  if (local && host != NULL)
+    {
+      fprintf (stderr, "plugboard list: give -r HOST or -l, not both\n");
+      return PB_EXIT_USAGE;
+    }
+  if (local)
+    return list_local ();
   if (host == NULL || host[0] == '\0')
     {
-      fprintf (stderr, "plugboard list: which server? Give -r HOST (see --help)\n");
+      fprintf (stderr, "plugboard list: which server? Give -r HOST or -l (see --help)\n");
       return PB_EXIT_USAGE;
     }
   if (!parse_port ("list", port))

@@ -7,13 +7,16 @@
 
 #include "pb-cli.h"
 #include "pb-keyboard.h"
+#include "pb-monitor.h"
 #include "pb-server.h"
+#include "pb-usb-device.h"
 
 typedef struct {
   PbServer *server;
   GMainLoop *loop;
   GPtrArray *owners;     /* the built-in device objects (PbMassStorage, PbKeyboard, PbSerial) */
   PbKeyboard *keyboard;  /* to type --type text on import; owned by owners */
+  PbMonitor *monitor;    /* libusb, once a --share needs it */
   char *type_text;
 } Serve;
 
@@ -47,6 +50,32 @@ add_virtual (Serve *serve, const char *spec, GError **error)
   if (PB_IS_KEYBOARD (owner))
     serve->keyboard = PB_KEYBOARD (owner);
   g_steal_pointer (&owner);
+  return TRUE;
+}
+
+/* --share BUSID|VID:PID: a real device of this machine, through libusb. */
+static gboolean
+add_shared (Serve *serve, const char *spec, GError **error)
+{
+  libusb_device *found;
+  g_autoptr(PbUsbDevice) device = NULL;
+  struct libusb_device_descriptor d;
+
+  if (serve->monitor == NULL && (serve->monitor = pb_monitor_new (error)) == NULL)
+    return FALSE;
+  found = pb_monitor_find_device (serve->monitor, spec, error);
+  if (found == NULL)
+    return FALSE;
+  device = pb_usb_device_new (serve->monitor, found, error);
+  if (device != NULL && libusb_get_device_descriptor (found, &d) == 0)
+    {
+      g_autofree char *description = g_strdup_printf ("USB device %04x:%04x", d.idVendor, d.idProduct);
+      pb_device_set_description (PB_DEVICE (device), description);
+    }
+  libusb_unref_device (found);
+  if (device == NULL || !pb_server_add_device (serve->server, PB_DEVICE (device), error))
+    return FALSE;
+  g_ptr_array_add (serve->owners, g_steal_pointer (&device));
   return TRUE;
 }
 
@@ -98,6 +127,7 @@ pb_cli_serve (int argc, char **argv)
   g_autofree char *listen_address = NULL;
   gint port = PB_USBIP_DEFAULT_PORT;
   g_auto(GStrv) virtual_specs = NULL;
+  g_auto(GStrv) share_specs = NULL;
   g_autofree char *type_text = NULL;
   gboolean type_stdin = FALSE;
   g_autoptr(GError) error = NULL;
@@ -108,6 +138,8 @@ pb_cli_serve (int argc, char **argv)
     { "port", 'p', 0, G_OPTION_ARG_INT, &port, "TCP port (default 3240; 0 picks a free one)", "N" },
     { "virtual", 0, 0, G_OPTION_ARG_STRING_ARRAY, &virtual_specs,
       "Serve a virtual device: msc[:IMAGE[,ro]], keyboard, serial[:pty] (repeatable)", "SPEC" },
+    { "share", 0, 0, G_OPTION_ARG_STRING_ARRAY, &share_specs,
+      "Share a USB device of this machine, by bus ID or VID:PID (see plugboard list -l; repeatable)", "BUSID" },
     { "type", 0, 0, G_OPTION_ARG_STRING, &type_text, "Text the virtual keyboard types each time it is imported (2 s later, once the host's driver is ready)", "TEXT" },
     { "type-stdin", 0, 0, G_OPTION_ARG_NONE, &type_stdin, "The virtual keyboard types what arrives on standard input, as it arrives", NULL },
     { NULL }
@@ -117,8 +149,11 @@ pb_cli_serve (int argc, char **argv)
   context = g_option_context_new ("— serve virtual USB devices over USB/IP");
   g_option_context_add_main_entries (context, entries, NULL);
   g_option_context_set_description (context,
-    "With no --virtual, serves the three built-in devices: a disk on an embedded 16 MiB FAT\n"
-    "image (msc), a keyboard and an echoing serial port.\n\n"
+    "With no --virtual and no --share, serves the three built-in devices: a disk on an\n"
+    "embedded 16 MiB FAT image (msc), a keyboard and an echoing serial port.\n\n"
+    "--share exports a real device through libusb (no usbip-host module): while a client has\n"
+    "it, its kernel drivers are detached, and given back when the client lets go. Needs\n"
+    "write access to /dev/bus/usb (root, or a udev rule).\n\n"
     "Devices:\n"
     "  msc               disk on the embedded demo image (in memory, writable, lost at exit)\n"
     "  msc:IMAGE         disk backed by IMAGE (a file or block device, size a multiple of 512)\n"
@@ -162,14 +197,17 @@ pb_cli_serve (int argc, char **argv)
   serve.owners = g_ptr_array_new_with_free_func (g_object_unref);
   serve.type_text = type_text;
 
-  if (virtual_specs == NULL || virtual_specs[0] == NULL)
+  for (guint i = 0; share_specs != NULL && share_specs[i] != NULL && error == NULL; i++)
+    add_shared (&serve, share_specs[i], &error);
+  if (error == NULL && (share_specs == NULL || share_specs[0] == NULL) &&
+      (virtual_specs == NULL || virtual_specs[0] == NULL))
     {
       static const char *const defaults[] = { "msc", "keyboard", "serial", NULL };
       for (guint i = 0; defaults[i] != NULL && error == NULL; i++)
         add_virtual (&serve, defaults[i], &error);
     }
   else
-    for (guint i = 0; virtual_specs[i] != NULL && error == NULL; i++)
+    for (guint i = 0; virtual_specs != NULL && virtual_specs[i] != NULL && error == NULL; i++)
       add_virtual (&serve, virtual_specs[i], &error);
   if (error != NULL)
     {
@@ -221,6 +259,7 @@ out:
   }
   g_clear_object (&serve.server);
   g_clear_pointer (&serve.owners, g_ptr_array_unref);
+  g_clear_object (&serve.monitor);
   g_clear_pointer (&serve.loop, g_main_loop_unref);
   return status;
 }

@@ -19,3 +19,5 @@
 #include "pb-keyboard.h"
 #include "pb-serial.h"
 #include "pb-vhci.h"
+#include "pb-monitor.h"
+#include "pb-usb-device.h"

@@ -143,7 +143,7 @@ check_serial() { # METHOD: bytes travel both ways between /dev/ttyACM* and the s
 # ---- QEMU's emulated usb-storage stick, exported by the kernel's usbip-host ----
 STICK=
 find_stick() { STICK=$(usbip list -p -l 2>/dev/null | grep '#usbid=46f4:0001#' | sed 's/busid=\([^#]*\)#.*/\1/'); [ -n "$STICK" ]; }
-stick_disk() { for b in /sys/block/sd*; do on_vhci $b || { SDISK=${b##*/}; return 0; }; done; return 1; }
+stick_disk() { for b in /sys/block/sd*; do [ -e $b ] && ! on_vhci $b && { SDISK=${b##*/}; return 0; }; done; return 1; }
 
 b_usbip_host() { # plugboard attach of a real (emulated) device that usbip-host exports
   find_stick || fail "QEMU's usb-storage stick not found" || return 1
@@ -163,6 +163,40 @@ b_usbip_host() { # plugboard attach of a real (emulated) device that usbip-host 
   waitfor '[ -z "$(vhci_ports)" ] && [ ! -b /dev/$DISK ]' 100 || fail "port $p still in use after detach" || return 1
   [ ! -e /run/plugboard/port$p ] || fail "/run/plugboard/port$p left behind" || return 1
   log "plugboard detach returned port $p"
+}
+
+# ---- G: the libusb export (plugboard serve --share) of the emulated stick ----
+start_share() { # PORT: plugboard serve --share the stick
+  rm -f /tmp/server.log
+  plugboard serve --listen 127.0.0.1 --port $1 --share $STICK > /tmp/server.log 2>&1 &
+  echo $! > /tmp/server.pid
+  waitfor "grep -q '^listening' /tmp/server.log" 100 || { cat /tmp/server.log; fail "plugboard serve --share did not start"; return; }
+  cat /tmp/server.log
+}
+g_share_msc() { # Linux's usbip attach imports the stick from plugboard's libusb export
+  find_stick || fail "QEMU's usb-storage stick not found" || return 1
+  start_share 3260 || return 1
+  plugboard list -l
+  usbip --tcp-port 3260 list -r 127.0.0.1 | grep -q "$STICK: .*(46f4:0001)" || fail "the stick is not in the devlist" || return 1
+  usbip --tcp-port 3260 attach -r 127.0.0.1 -b $STICK || fail "usbip attach failed" || return 1
+  waitfor 'vhci_disk && [ -b /dev/$DISK ]' 300 || fail "no disk appeared on vhci" || return 1
+  stick_disk && [ -b /dev/$SDISK ] && fail "usb-storage still has the stick as /dev/$SDISK" && return 1
+  log "stick through plugboard serve --share: /dev/$DISK, $(cat /sys/block/$DISK/device/model)"
+  mount -t ext4 /dev/$DISK /mnt || fail "mount /dev/$DISK failed" || return 1
+  s=$(sha /mnt/known.bin)
+  [ "$s" = "$VT_sha" ] || { umount /mnt; fail "known.bin sha256 $s, expected $VT_sha"; return 1; }
+  head -c 1048576 /dev/urandom > /tmp/new.bin; new_sha=$(sha /tmp/new.bin)
+  cp /tmp/new.bin /mnt/shared.bin && umount /mnt || fail "writing shared.bin failed" || return 1
+  usbip detach -p $(vhci_ports | head -1) || fail "usbip detach failed" || return 1
+  waitfor '[ -z "$(vhci_ports)" ]' 100 || fail "port still in use" || return 1
+  waitfor "grep -q '^close $STICK' /tmp/server.log" 100 || fail "the server did not see the close" || return 1
+  # The kernel's usb-storage gets the stick back: the written file is on it.
+  waitfor 'stick_disk && [ -b /dev/$SDISK ]' 300 || fail "usb-storage did not get the stick back" || return 1
+  mount -t ext4 -o ro /dev/$SDISK /mnt || fail "mount /dev/$SDISK failed" || return 1
+  s=$(sha /mnt/shared.bin); umount /mnt
+  [ "$s" = "$new_sha" ] || fail "shared.bin on the stick has sha256 '$s', expected $new_sha" || return 1
+  log "usb-storage has the stick back as /dev/$SDISK, with the file written through the export"
+  stop_server
 }
 
 # ---- F: the host's side, through QEMU's user networking ----
@@ -350,6 +384,15 @@ if [ -n "$STICK" ] && { wants bench || wants F-host-list; }; then
   # The host prints the RESULT F-host-list line: it is the one that reads the list.
   case ",$VT_only," in ,,|*,F-host-list,*) f_host_list;; esac
   killall usbipd; usbip unbind -b $STICK
+fi
+run G-share-msc g_share_msc
+if [ -n "$STICK" ] && wants bench; then
+  # (v): the same stick through plugboard's libusb export
+  if start_share 3261 > /dev/null && usbip --tcp-port 3261 attach -r 127.0.0.1 -b $STICK &&
+     waitfor 'vhci_disk && [ -b /dev/$DISK ]' 300; then
+    bench plugboard-libusb $DISK
+  fi
+  cleanup
 fi
 run F-host-serve f_host_serve
 case ",$VT_only," in ,,|*,bench,*)

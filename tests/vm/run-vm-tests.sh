@@ -25,7 +25,7 @@ VM_DIR=$(dirname "$(realpath "$0")")
 VM_TIMEOUT=${VM_TIMEOUT:-600}
 VM_ONLY=${PB_VM_ONLY:-}   # a comma-separated subset of scenarios (and "bench"), for development
 EXPECTED=(A-msc A-keyboard A-serial C-msc C-keyboard C-serial D-msc D-keyboard D-serial B-usbip-host
-          F-host-list F-host-serve F-host-serve-image E-kill-server E-detach-io E-stall)
+          F-host-list F-host-serve F-host-serve-image E-kill-server E-detach-io E-stall G-share-msc)
 if [ -n "$VM_ONLY" ]; then
   only=(); for t in "${EXPECTED[@]}"; do [[ ",$VM_ONLY," == *",${t%-image},"* ]] && only+=("$t"); done
   EXPECTED=("${only[@]}")
@@ -214,7 +214,7 @@ fi
 figure() { { grep -a "^BENCH $1 $2 " "$CACHE/console.log" || true; } | tail -1 | awk '{print $4}'; }
 echo "vm: dd O_DIRECT through vhci, MiB/s (median of 3 runs of ${VM_BENCH_MB:-32} MiB, TCG guest):"
 printf 'vm: %-24s %8s %8s %14s %14s\n' config read write "read/(ii)" "write/(ii)"
-for c in direct-usb-storage usbip-host plugboard-tcp plugboard-socketpair; do
+for c in direct-usb-storage usbip-host plugboard-tcp plugboard-socketpair plugboard-libusb; do
   r=$(figure $c read); w=$(figure $c write); br=$(figure usbip-host read); bw=$(figure usbip-host write)
   [ -n "$r$w" ] || continue
   ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }'; }

@@ -1,0 +1,270 @@
+#define G_LOG_DOMAIN "plugboard"
+
+#include "pb-monitor.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "pb-error.h"
+
+/* A submitted transfer's way home: pushed by the event thread, run on the main context. */
+typedef struct {
+  PbMonitorTransferDone done;
+  gpointer user_data;
+  PbMonitor *monitor;
+  struct libusb_transfer *transfer;
+} Ticket;
+
+struct _PbMonitor {
+  GObject parent_instance;
+
+  libusb_context *usb;
+  GThread *event_thread;
+  gint stopping;         /* atomic: tells the event thread to end */
+
+  GMutex lock;
+  GQueue finished;       /* Ticket *, guarded by lock */
+  int wake_fd;           /* eventfd: the event thread's knock on the main context */
+  GSource *source;
+};
+
+G_DEFINE_FINAL_TYPE (PbMonitor, pb_monitor, G_TYPE_OBJECT)
+
+/* ---- the event thread ---- */
+
+static gpointer
+event_thread_main (gpointer data)
+{
+  PbMonitor *self = data;
+
+  while (!g_atomic_int_get (&self->stopping))
+    {
+      int rc = libusb_handle_events_completed (self->usb, &self->stopping);
+      if (rc < 0 && rc != LIBUSB_ERROR_INTERRUPTED)
+        {
+          g_warning ("libusb event handling: %s", libusb_strerror (rc));
+          g_usleep (10000); /* do not spin on a persistent error */
+        }
+    }
+  return NULL;
+}
+
+/* Runs on the event thread: queue the ticket and knock. Nothing else. */
+static void LIBUSB_CALL
+on_transfer_finished (struct libusb_transfer *transfer)
+{
+  Ticket *ticket = transfer->user_data;
+  PbMonitor *self = ticket->monitor;
+  guint64 one = 1;
+
+  g_mutex_lock (&self->lock);
+  g_queue_push_tail (&self->finished, ticket);
+  g_mutex_unlock (&self->lock);
+  if (write (self->wake_fd, &one, sizeof one) < 0 && errno != EAGAIN)
+    g_warning ("monitor: cannot wake the main context: %s", g_strerror (errno));
+}
+
+/* ---- the main context ---- */
+
+static gboolean
+on_wake (gpointer user_data)
+{
+  PbMonitor *self = user_data;
+  guint64 count;
+  GQueue batch = G_QUEUE_INIT;
+  Ticket *ticket;
+
+  if (read (self->wake_fd, &count, sizeof count) < 0 && errno != EAGAIN)
+    g_warning ("monitor: reading the wake-up: %s", g_strerror (errno));
+  g_mutex_lock (&self->lock);
+  batch = self->finished;
+  g_queue_init (&self->finished);
+  g_mutex_unlock (&self->lock);
+
+  while ((ticket = g_queue_pop_head (&batch)) != NULL)
+    {
+      ticket->done (ticket->transfer, ticket->user_data);
+      g_object_unref (ticket->monitor);
+      g_free (ticket);
+    }
+  return G_SOURCE_CONTINUE;
+}
+
+int
+pb_monitor_submit_transfer (PbMonitor *self, struct libusb_transfer *transfer, PbMonitorTransferDone done,
+                            gpointer user_data)
+{
+  Ticket *ticket = g_new0 (Ticket, 1);
+  int rc;
+
+  ticket->done = done;
+  ticket->user_data = user_data;
+  ticket->monitor = g_object_ref (self);
+  ticket->transfer = transfer;
+  transfer->callback = on_transfer_finished;
+  transfer->user_data = ticket;
+  rc = libusb_submit_transfer (transfer);
+  if (rc < 0)
+    {
+      g_object_unref (ticket->monitor);
+      g_free (ticket);
+    }
+  return rc;
+}
+
+/* ---- devices ---- */
+
+char *
+pb_monitor_device_busid (libusb_device *device)
+{
+  guint8 ports[8];
+  int n = libusb_get_port_numbers (device, ports, G_N_ELEMENTS (ports));
+  GString *busid = g_string_new (NULL);
+
+  g_string_printf (busid, "%u-", libusb_get_bus_number (device));
+  if (n <= 0)
+    g_string_append (busid, "0"); /* a root hub; never listed */
+  for (int i = 0; i < n; i++)
+    g_string_append_printf (busid, "%s%u", i > 0 ? "." : "", ports[i]);
+  return g_string_free (busid, FALSE);
+}
+
+GPtrArray *
+pb_monitor_list_devices (PbMonitor *self, GError **error)
+{
+  libusb_device **list = NULL;
+  ssize_t n = libusb_get_device_list (self->usb, &list);
+  GPtrArray *devices;
+
+  if (n < 0)
+    {
+      g_set_error (error, PB_ERROR, PB_ERROR_FAILED, "cannot list USB devices: %s", libusb_strerror ((int) n));
+      return NULL;
+    }
+  devices = g_ptr_array_new_with_free_func ((GDestroyNotify) libusb_unref_device);
+  for (ssize_t i = 0; i < n; i++)
+    if (libusb_get_parent (list[i]) != NULL || libusb_get_port_number (list[i]) != 0)
+      g_ptr_array_add (devices, libusb_ref_device (list[i])); /* root hubs have neither */
+  libusb_free_device_list (list, 1);
+  return devices;
+}
+
+libusb_device *
+pb_monitor_find_device (PbMonitor *self, const char *busid_or_ids, GError **error)
+{
+  g_autoptr(GPtrArray) devices = pb_monitor_list_devices (self, error);
+  unsigned vendor = 0, product = 0;
+  char tail;
+  gboolean by_ids = sscanf (busid_or_ids, "%4x:%4x%c", &vendor, &product, &tail) == 2 &&
+                    strchr (busid_or_ids, '-') == NULL;
+
+  if (devices == NULL)
+    return NULL;
+  for (guint i = 0; i < devices->len; i++)
+    {
+      libusb_device *device = devices->pdata[i];
+
+      if (by_ids)
+        {
+          struct libusb_device_descriptor descriptor;
+          if (libusb_get_device_descriptor (device, &descriptor) == 0 && descriptor.idVendor == vendor &&
+              descriptor.idProduct == product)
+            return libusb_ref_device (device);
+        }
+      else
+        {
+          g_autofree char *busid = pb_monitor_device_busid (device);
+          if (g_str_equal (busid, busid_or_ids))
+            return libusb_ref_device (device);
+        }
+    }
+  g_set_error (error, PB_ERROR, PB_ERROR_NOT_FOUND, "no local USB device %s", busid_or_ids);
+  return NULL;
+}
+
+libusb_context *
+pb_monitor_get_libusb (PbMonitor *self)
+{
+  return self->usb;
+}
+
+/* ---- life ---- */
+
+static gboolean
+wake_source_dispatch (GSource *source, GSourceFunc callback, gpointer user_data)
+{
+  return callback (user_data);
+}
+
+static GSourceFuncs wake_source_funcs = {
+  .dispatch = wake_source_dispatch,
+};
+
+PbMonitor *
+pb_monitor_new (GError **error)
+{
+  g_autoptr(PbMonitor) self = g_object_new (PB_TYPE_MONITOR, NULL);
+  int rc = libusb_init (&self->usb);
+
+  if (rc < 0)
+    {
+      self->usb = NULL;
+      g_set_error (error, PB_ERROR, PB_ERROR_FAILED, "cannot start libusb: %s", libusb_strerror (rc));
+      return NULL;
+    }
+  self->wake_fd = eventfd (0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (self->wake_fd < 0)
+    {
+      g_set_error (error, PB_ERROR, PB_ERROR_FAILED, "eventfd: %s", g_strerror (errno));
+      return NULL;
+    }
+  self->source = g_source_new (&wake_source_funcs, sizeof (GSource));
+  g_source_set_static_name (self->source, "PbMonitor transfers");
+  g_source_set_callback (self->source, on_wake, self, NULL);
+  g_source_add_unix_fd (self->source, self->wake_fd, G_IO_IN);
+  g_source_attach (self->source, g_main_context_get_thread_default ());
+  self->event_thread = g_thread_new ("libusb-events", event_thread_main, self);
+  return g_steal_pointer (&self);
+}
+
+static void
+pb_monitor_finalize (GObject *object)
+{
+  PbMonitor *self = PB_MONITOR (object);
+
+  /* Every ticket holds a reference: no transfer is in flight here. */
+  if (self->event_thread != NULL)
+    {
+      g_atomic_int_set (&self->stopping, 1);
+      libusb_interrupt_event_handler (self->usb);
+      g_thread_join (self->event_thread);
+    }
+  if (self->source != NULL)
+    {
+      g_source_destroy (self->source);
+      g_source_unref (self->source);
+    }
+  if (self->wake_fd >= 0)
+    close (self->wake_fd);
+  if (self->usb != NULL)
+    libusb_exit (self->usb);
+  g_mutex_clear (&self->lock);
+  G_OBJECT_CLASS (pb_monitor_parent_class)->finalize (object);
+}
+
+static void
+pb_monitor_class_init (PbMonitorClass *klass)
+{
+  G_OBJECT_CLASS (klass)->finalize = pb_monitor_finalize;
+}
+
+static void
+pb_monitor_init (PbMonitor *self)
+{
+  g_mutex_init (&self->lock);
+  g_queue_init (&self->finished);
+  self->wake_fd = -1;
+}

@@ -53,6 +53,12 @@ add_virtual (Serve *serve, const char *spec, GError **error)
   return TRUE;
 }
 
+static void
+on_device_vanished (PbDevice *device, gpointer user_data)
+{
+  printf ("unplugged %s\n", pb_device_get_busid (device));
+}
+
 /* --share BUSID|VID:PID: a real device of this machine, through libusb. */
 static gboolean
 add_shared (Serve *serve, const char *spec, GError **error)
@@ -75,6 +81,7 @@ add_shared (Serve *serve, const char *spec, GError **error)
   libusb_unref_device (found);
   if (device == NULL || !pb_server_add_device (serve->server, PB_DEVICE (device), error))
     return FALSE;
+  g_signal_connect (device, "vanished", G_CALLBACK (on_device_vanished), NULL);
   g_ptr_array_add (serve->owners, g_steal_pointer (&device));
   return TRUE;
 }

@@ -4,15 +4,21 @@
 
 #include <string.h>
 
+#include "pb-error.h"
+
 typedef struct {
   char *busid;
   guint32 busnum;
   guint32 devnum;
   char *description;
   gboolean open;
+  gboolean vanished;
 } PbDevicePrivate;
 
 G_DEFINE_ABSTRACT_TYPE_WITH_PRIVATE (PbDevice, pb_device, G_TYPE_OBJECT)
+
+enum { SIGNAL_VANISHED, N_SIGNALS };
+static guint signals[N_SIGNALS];
 
 static void
 pb_device_finalize (GObject *object)
@@ -28,6 +34,10 @@ static void
 pb_device_class_init (PbDeviceClass *klass)
 {
   G_OBJECT_CLASS (klass)->finalize = pb_device_finalize;
+
+  /* The hardware went away (unplugged, or every transfer says so). Emitted once. */
+  signals[SIGNAL_VANISHED] = g_signal_new ("vanished", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL,
+                                           NULL, NULL, G_TYPE_NONE, 0);
 }
 
 static void
@@ -128,6 +138,12 @@ pb_device_open (PbDevice *self, GError **error)
 
   g_return_val_if_fail (PB_IS_DEVICE (self), FALSE);
 
+  if (priv->vanished)
+    {
+      g_set_error (error, PB_ERROR, PB_ERROR_NOT_FOUND, "device %s was unplugged",
+                   priv->busid != NULL ? priv->busid : "(unnamed)");
+      return FALSE;
+    }
   if (priv->open)
     {
       g_set_error (error, PB_ERROR, PB_ERROR_BUSY, "device %s is already in use",
@@ -171,4 +187,23 @@ pb_device_is_busy (PbDevice *self)
 {
   PbDevicePrivate *priv = pb_device_get_instance_private (self);
   return priv->open;
+}
+
+void
+pb_device_vanished (PbDevice *self)
+{
+  PbDevicePrivate *priv = pb_device_get_instance_private (self);
+
+  g_return_if_fail (PB_IS_DEVICE (self));
+  if (priv->vanished)
+    return;
+  priv->vanished = TRUE;
+  g_signal_emit (self, signals[SIGNAL_VANISHED], 0);
+}
+
+gboolean
+pb_device_is_vanished (PbDevice *self)
+{
+  PbDevicePrivate *priv = pb_device_get_instance_private (self);
+  return priv->vanished;
 }

@@ -58,4 +58,11 @@ void pb_device_cancel (PbDevice *self, PbUrb *urb);
 /* TRUE while a session has the device imported. */
 gboolean pb_device_is_busy (PbDevice *self);
 
+/* For implementations: the hardware is gone. Emits "vanished" once, from the main context and
+ * never from inside submit/cancel; the session importing the device closes its connection (the
+ * client's vhci port is freed), the server drops the device from its list, and opening it fails
+ * from then on. */
+void pb_device_vanished (PbDevice *self);
+gboolean pb_device_is_vanished (PbDevice *self);
+
 G_END_DECLS

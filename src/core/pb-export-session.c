@@ -48,6 +48,7 @@ struct _PbExportSession {
   GSocket *socket;
   int fd;
   PbDevice *device;
+  gulong vanished_handler;
   char *peer_name;
   GMainContext *context;
   GSource *fd_source;
@@ -778,6 +779,17 @@ pb_export_session_new (GSocket *socket, PbDevice *device, const char *peer_name)
   return self;
 }
 
+/* The hardware is gone: end the connection, so that the client's vhci port is freed. Every
+ * pending URB is cancelled and completes (the device fails them) before "closed". */
+static void
+on_device_vanished (PbDevice *device, gpointer user_data)
+{
+  PbExportSession *self = user_data;
+  g_autoptr(GError) reason = g_error_new (PB_ERROR, PB_ERROR_DEVICE, "%s was unplugged", pb_device_get_busid (device));
+
+  pb_export_session_close (self, reason);
+}
+
 gboolean
 pb_export_session_start (PbExportSession *self, GError **error)
 {
@@ -792,6 +804,7 @@ pb_export_session_start (PbExportSession *self, GError **error)
       return FALSE;
     }
   self->started = TRUE;
+  self->vanished_handler = g_signal_connect (self->device, "vanished", G_CALLBACK (on_device_vanished), self);
 
   g_socket_set_blocking (self->socket, FALSE);
   if (g_socket_get_family (self->socket) != G_SOCKET_FAMILY_UNIX)
@@ -852,6 +865,8 @@ pb_export_session_dispose (GObject *object)
 
   if (!self->closing)
     pb_export_session_close (self, NULL);
+  if (self->vanished_handler != 0)
+    g_clear_signal_handler (&self->vanished_handler, self->device);
   G_OBJECT_CLASS (pb_export_session_parent_class)->dispose (object);
 }
 

@@ -10,12 +10,15 @@
 
 #include "pb-error.h"
 
-/* A submitted transfer's way home: pushed by the event thread, run on the main context. */
+/* What the event thread hands the main context: a finished transfer (done != NULL), or a
+ * hot-plug event (busid, arrived). */
 typedef struct {
   PbMonitorTransferDone done;
   gpointer user_data;
   PbMonitor *monitor;
   struct libusb_transfer *transfer;
+  char *busid;
+  gboolean arrived;
 } Ticket;
 
 struct _PbMonitor {
@@ -29,9 +32,14 @@ struct _PbMonitor {
   GQueue finished;       /* Ticket *, guarded by lock */
   int wake_fd;           /* eventfd: the event thread's knock on the main context */
   GSource *source;
+  libusb_hotplug_callback_handle hotplug;
+  gboolean has_hotplug;
 };
 
 G_DEFINE_FINAL_TYPE (PbMonitor, pb_monitor, G_TYPE_OBJECT)
+
+enum { SIGNAL_DEVICE_ADDED, SIGNAL_DEVICE_REMOVED, N_SIGNALS };
+static guint signals[N_SIGNALS];
 
 /* ---- the event thread ---- */
 
@@ -52,12 +60,9 @@ event_thread_main (gpointer data)
   return NULL;
 }
 
-/* Runs on the event thread: queue the ticket and knock. Nothing else. */
-static void LIBUSB_CALL
-on_transfer_finished (struct libusb_transfer *transfer)
+static void
+hand_over (PbMonitor *self, Ticket *ticket)
 {
-  Ticket *ticket = transfer->user_data;
-  PbMonitor *self = ticket->monitor;
   guint64 one = 1;
 
   g_mutex_lock (&self->lock);
@@ -65,6 +70,30 @@ on_transfer_finished (struct libusb_transfer *transfer)
   g_mutex_unlock (&self->lock);
   if (write (self->wake_fd, &one, sizeof one) < 0 && errno != EAGAIN)
     g_warning ("monitor: cannot wake the main context: %s", g_strerror (errno));
+}
+
+/* Runs on the event thread (libusb calls it from event handling): queue and knock. */
+static int LIBUSB_CALL
+on_hotplug (libusb_context *usb, libusb_device *device, libusb_hotplug_event event, void *user_data)
+{
+  PbMonitor *self = user_data;
+  Ticket *ticket = g_new0 (Ticket, 1);
+
+  /* No reference here: this may run while the monitor is being finalized (which deregisters
+   * the callback, then drops what is queued). */
+  ticket->busid = pb_monitor_device_busid (device);
+  ticket->arrived = event == LIBUSB_HOTPLUG_EVENT_DEVICE_ARRIVED;
+  hand_over (self, ticket);
+  return 0; /* stay registered */
+}
+
+/* Runs on the event thread: queue the ticket and knock. Nothing else. */
+static void LIBUSB_CALL
+on_transfer_finished (struct libusb_transfer *transfer)
+{
+  Ticket *ticket = transfer->user_data;
+
+  hand_over (ticket->monitor, ticket);
 }
 
 /* ---- the main context ---- */
@@ -84,12 +113,20 @@ on_wake (gpointer user_data)
   g_queue_init (&self->finished);
   g_mutex_unlock (&self->lock);
 
+  g_object_ref (self); /* a ticket may hold the last reference */
   while ((ticket = g_queue_pop_head (&batch)) != NULL)
     {
-      ticket->done (ticket->transfer, ticket->user_data);
-      g_object_unref (ticket->monitor);
+      if (ticket->done != NULL)
+        {
+          ticket->done (ticket->transfer, ticket->user_data);
+          g_object_unref (ticket->monitor);
+        }
+      else
+        g_signal_emit (self, signals[ticket->arrived ? SIGNAL_DEVICE_ADDED : SIGNAL_DEVICE_REMOVED], 0, ticket->busid);
+      g_free (ticket->busid);
       g_free (ticket);
     }
+  g_object_unref (self);
   return G_SOURCE_CONTINUE;
 }
 
@@ -226,6 +263,15 @@ pb_monitor_new (GError **error)
   g_source_set_callback (self->source, on_wake, self, NULL);
   g_source_add_unix_fd (self->source, self->wake_fd, G_IO_IN);
   g_source_attach (self->source, g_main_context_get_thread_default ());
+  /* Hot-plug needs libusb's udev or netlink monitor; without it, a vanished device is still
+   * noticed by its transfers failing. The callback holds no reference: it is deregistered
+   * before the monitor goes (finalize). */
+  if (libusb_has_capability (LIBUSB_CAP_HAS_HOTPLUG) &&
+      libusb_hotplug_register_callback (self->usb,
+                                        LIBUSB_HOTPLUG_EVENT_DEVICE_ARRIVED | LIBUSB_HOTPLUG_EVENT_DEVICE_LEFT,
+                                        0, LIBUSB_HOTPLUG_MATCH_ANY, LIBUSB_HOTPLUG_MATCH_ANY,
+                                        LIBUSB_HOTPLUG_MATCH_ANY, on_hotplug, self, &self->hotplug) == 0)
+    self->has_hotplug = TRUE;
   self->event_thread = g_thread_new ("libusb-events", event_thread_main, self);
   return g_steal_pointer (&self);
 }
@@ -236,6 +282,8 @@ pb_monitor_finalize (GObject *object)
   PbMonitor *self = PB_MONITOR (object);
 
   /* Every ticket holds a reference: no transfer is in flight here. */
+  if (self->has_hotplug)
+    libusb_hotplug_deregister_callback (self->usb, self->hotplug);
   if (self->event_thread != NULL)
     {
       g_atomic_int_set (&self->stopping, 1);
@@ -249,6 +297,14 @@ pb_monitor_finalize (GObject *object)
     }
   if (self->wake_fd >= 0)
     close (self->wake_fd);
+  {
+    Ticket *ticket; /* only hot-plug events can be left: transfers hold references */
+    while ((ticket = g_queue_pop_head (&self->finished)) != NULL)
+      {
+        g_free (ticket->busid);
+        g_free (ticket);
+      }
+  }
   if (self->usb != NULL)
     libusb_exit (self->usb);
   g_mutex_clear (&self->lock);
@@ -259,6 +315,12 @@ static void
 pb_monitor_class_init (PbMonitorClass *klass)
 {
   G_OBJECT_CLASS (klass)->finalize = pb_monitor_finalize;
+
+  /* A USB device arrived or left (bus ID), when libusb can tell (see pb_monitor_new). */
+  signals[SIGNAL_DEVICE_ADDED] = g_signal_new ("device-added", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0, NULL,
+                                               NULL, NULL, G_TYPE_NONE, 1, G_TYPE_STRING);
+  signals[SIGNAL_DEVICE_REMOVED] = g_signal_new ("device-removed", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST, 0,
+                                                 NULL, NULL, NULL, G_TYPE_NONE, 1, G_TYPE_STRING);
 }
 
 static void

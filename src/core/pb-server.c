@@ -412,6 +412,16 @@ pb_server_find_device (PbServer *self, const char *busid)
   return NULL;
 }
 
+/* Unplugged: off the list. Its session closes itself (see PbExportSession). */
+static void
+on_device_vanished (PbDevice *device, gpointer user_data)
+{
+  PbServer *self = user_data;
+
+  g_signal_handlers_disconnect_by_func (device, on_device_vanished, self);
+  g_ptr_array_remove (self->devices, device);
+}
+
 gboolean
 pb_server_add_device (PbServer *self, PbDevice *device, GError **error)
 {
@@ -430,6 +440,7 @@ pb_server_add_device (PbServer *self, PbDevice *device, GError **error)
       return FALSE;
     }
   g_ptr_array_add (self->devices, g_object_ref (device));
+  g_signal_connect (device, "vanished", G_CALLBACK (on_device_vanished), self);
   return TRUE;
 }
 
@@ -448,6 +459,7 @@ pb_server_remove_device (PbServer *self, PbDevice *device)
           pb_export_session_close (served->session, reason);
         }
     }
+  g_signal_handlers_disconnect_by_func (device, on_device_vanished, self);
   g_ptr_array_remove (self->devices, device);
 }
 
@@ -578,6 +590,8 @@ pb_server_dispose (GObject *object)
 
   pb_server_stop (self);
   g_ptr_array_set_size (self->sessions, 0);
+  for (guint i = 0; i < self->devices->len; i++)
+    g_signal_handlers_disconnect_by_func (self->devices->pdata[i], on_device_vanished, self);
   G_OBJECT_CLASS (pb_server_parent_class)->dispose (object);
 }
 

@@ -27,6 +27,7 @@ struct _PbUsbDevice {
   PbEndpointType endpoint_types[2][16]; /* [IN?][number] in the current settings */
 
   guint in_flight;                /* transfers libusb has not given back */
+  guint vanish_idle;              /* pending report of a vanished device */
 };
 
 G_DEFINE_FINAL_TYPE (PbUsbDevice, pb_usb_device, PB_TYPE_DEVICE)
@@ -275,6 +276,34 @@ pb_usb_device_close (PbDevice *device)
 
 /* ---- transfers ---- */
 
+static gboolean
+report_vanished (gpointer user_data)
+{
+  PbUsbDevice *self = user_data;
+
+  self->vanish_idle = 0;
+  pb_device_vanished (PB_DEVICE (self));
+  return G_SOURCE_REMOVE;
+}
+
+/* The hardware is gone. Reported from an idle: the session closes in answer, which cancels
+ * URBs, and that must not happen inside a completion or a submit. */
+static void
+device_gone (PbUsbDevice *self)
+{
+  if (self->vanish_idle == 0 && !pb_device_is_vanished (PB_DEVICE (self)))
+    self->vanish_idle = g_idle_add_full (G_PRIORITY_DEFAULT, report_vanished, g_object_ref (self), g_object_unref);
+}
+
+static void
+on_monitor_device_removed (PbMonitor *monitor, const char *busid, gpointer user_data)
+{
+  PbUsbDevice *self = user_data;
+
+  if (g_strcmp0 (busid, pb_device_get_busid (PB_DEVICE (self))) == 0)
+    device_gone (self);
+}
+
 static void
 on_transfer_done (struct libusb_transfer *transfer, gpointer user_data)
 {
@@ -308,6 +337,8 @@ on_transfer_done (struct libusb_transfer *transfer, gpointer user_data)
         }
       urb->error_count = (gint32) errors;
     }
+  if (transfer->status == LIBUSB_TRANSFER_NO_DEVICE)
+    device_gone (self);
   libusb_free_transfer (transfer);
   pb_urb_complete (urb, status, MIN (actual, urb->length));
   g_object_unref (self);
@@ -330,6 +361,8 @@ submit_transfer (PbUsbDevice *self, PbUrb *urb, struct libusb_transfer *transfer
       if (transfer->type == LIBUSB_TRANSFER_TYPE_CONTROL)
         g_free (transfer->buffer);
       libusb_free_transfer (transfer);
+      if (rc == LIBUSB_ERROR_NO_DEVICE)
+        device_gone (self);
       pb_urb_complete (urb, rc == LIBUSB_ERROR_NO_DEVICE ? PB_URB_ESHUTDOWN : status_from_libusb_error (rc), 0);
       g_object_unref (self);
       return;
@@ -508,6 +541,7 @@ pb_usb_device_new (PbMonitor *monitor, libusb_device *device, GError **error)
   self->sysfs_path = real != NULL ? g_strdup (real) : g_strdup (resolved);
   free (real);
   pb_device_set_address (PB_DEVICE (self), libusb_get_bus_number (device), libusb_get_device_address (device), busid);
+  g_signal_connect_object (monitor, "device-removed", G_CALLBACK (on_monitor_device_removed), self, 0);
   return g_steal_pointer (&self);
 }
 

@@ -199,14 +199,39 @@ g_share_msc() { # Linux's usbip attach imports the stick from plugboard's libusb
   stop_server
 }
 
+g_unplug() { # QEMU unplugs the stick (QMP device_del, done by the host) during a dd through the export
+  find_stick || fail "QEMU's usb-storage stick not found" || return 1
+  start_share 3262 || return 1
+  usbip --tcp-port 3262 attach -r 127.0.0.1 -b $STICK || fail "usbip attach failed" || return 1
+  waitfor 'vhci_disk && [ -b /dev/$DISK ]' 300 || fail "no disk appeared on vhci" || return 1
+  start_dd $DISK; sleep 1
+  [ -d /proc/$DD ] || fail "dd had finished before the unplug" || return 1
+  host_step "G-unplug ready" || fail "the host never signalled the unplug" || return 1
+  dd_ended || return 1
+  waitfor '[ -z "$(vhci_ports)" ]' 100 || fail "vhci port not freed after the unplug" || return 1
+  waitfor '[ ! -b /dev/$DISK ]' 100 || fail "/dev/$DISK still there" || return 1
+  waitfor "grep -q '^close $STICK.*unplugged' /tmp/server.log" 100 || { cat /tmp/server.log; fail "the server did not close the session as unplugged"; return 1; }
+  [ -d /proc/$(cat /tmp/server.pid) ] || fail "the server died" || return 1
+  plugboard list -r 127.0.0.1 -p 3262 > /tmp/list.txt; cat /tmp/list.txt
+  grep -q "$STICK" /tmp/list.txt && fail "the unplugged stick is still in the devlist" && return 1
+  cat /tmp/server.log
+  log "unplugged during dd: dd ended, port freed, session closed, devlist empty"
+  stop_server
+}
+
+host_step() { # MARKER: print MARKER for the host, wait until it connects to our port 5555
+  # Listen first: the host acts on the marker at once, and slirp drops a connection that finds
+  # nobody listening.
+  timeout 60 nc -l -p 5555 > /dev/null & ncpid=$!
+  waitfor "netstat -tln | grep -q ':5555 '" 50
+  log "$1" > /dev/console # scenarios write to a file; the host watches the console
+  wait $ncpid
+}
+
 # ---- F: the host's side, through QEMU's user networking ----
 f_host_list() { # the host runs plugboard list/probe against our usbipd, then connects to :5555
-  # slirp only forwards to a guest whose MAC it has learnt: speak first. (With arping: a ping
-  # here made QEMU 7.2's slirp close its hostfwd listeners.)
-  arping -c 1 -w 2 -I eth0 10.0.2.2 > /dev/null
   netstat -tln | grep ':3250 '
-  log "F-list ready busid=$STICK"
-  timeout 60 nc -l -p 5555 > /dev/null || fail "the host never signalled"
+  host_step "F-list ready busid=$STICK" || fail "the host never signalled"
 }
 f_host_serve() { # our vhci imports from a plugboard serve on the host (10.0.2.2 is the host's 127.0.0.1)
   [ -n "$VT_hserve" ] || fail "no host server port given" || return 1
@@ -354,6 +379,9 @@ modprobe -a usbip-core usbip-host vhci-hcd xhci-pci usb-storage sd_mod usbhid hi
 modprobe usbmon && mount -t debugfs none /sys/kernel/debug
 waitfor '[ -e /sys/class/net/eth0 ]' 100 && ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 ||
   log "no eth0: the F scenarios will fail"
+# slirp forwards the host's connections (hostfwd) only to a guest whose MAC it has learnt: speak
+# first. (arping, not ping: a ping made QEMU 7.2's slirp close its hostfwd listeners.)
+arping -c 1 -w 2 -I eth0 10.0.2.2 > /dev/null
 head -c $((96 * 1048576)) /dev/zero > /tmp/bench.img
 
 waitfor 'find_stick && stick_disk && [ -b /dev/$SDISK ]' 300 || log "QEMU's usb-storage stick did not appear"
@@ -402,6 +430,7 @@ run E-kill-server e_kill_server
 run E-detach-io e_detach_io
 run E-stall e_stall
 e_cleanup
+run G-unplug g_unplug # last: the stick is gone afterwards
 
 log "kernel log follows"
 echo "### dmesg begin"

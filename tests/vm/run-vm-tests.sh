@@ -25,7 +25,7 @@ VM_DIR=$(dirname "$(realpath "$0")")
 VM_TIMEOUT=${VM_TIMEOUT:-600}
 VM_ONLY=${PB_VM_ONLY:-}   # a comma-separated subset of scenarios (and "bench"), for development
 EXPECTED=(A-msc A-keyboard A-serial C-msc C-keyboard C-serial D-msc D-keyboard D-serial B-usbip-host
-          F-host-list F-host-serve F-host-serve-image E-kill-server E-detach-io E-stall G-share-msc)
+          F-host-list F-host-serve F-host-serve-image E-kill-server E-detach-io E-stall G-share-msc G-unplug)
 if [ -n "$VM_ONLY" ]; then
   only=(); for t in "${EXPECTED[@]}"; do [[ ",$VM_ONLY," == *",${t%-image},"* ]] && only+=("$t"); done
   EXPECTED=("${only[@]}")
@@ -154,6 +154,23 @@ host_list_probe() { # when the guest says its usbipd is up: read it through the 
   exec 7<> "/dev/tcp/127.0.0.1/$HOST_SIGNAL_PORT" && exec 7>&-
 }
 
+host_unplug_stick() { # QMP device_del of the stick, then let the guest go on
+  python3 - "$CACHE/qmp.sock" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rw")
+def call(cmd, **args):
+    f.write(json.dumps({"execute": cmd, "arguments": args}) + "\n"); f.flush()
+    while True:
+        reply = json.loads(f.readline())
+        if "return" in reply or "error" in reply:
+            return reply
+json.loads(f.readline())  # greeting
+call("qmp_capabilities")
+print("vm: host: device_del stickdev:", call("device_del", id="stickdev"))
+PY
+  exec 7<> "/dev/tcp/127.0.0.1/$HOST_SIGNAL_PORT" && exec 7>&-
+}
+
 # ---- boot ----
 echo "vm: booting $KV (TCG), timeout ${VM_TIMEOUT}s"
 START=$(date +%s%N)
@@ -164,13 +181,16 @@ timeout "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1024 -nog
   -netdev "user,id=net0,net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:$HOST_FWD_PORT-10.0.2.15:3250,hostfwd=tcp:127.0.0.1:$HOST_SIGNAL_PORT-10.0.2.15:5555" \
   -device virtio-net-pci,netdev=net0 \
   -device qemu-xhci,id=usb -drive if=none,id=stick,format=raw,file="$CACHE/stick.img" \
-  -device usb-storage,bus=usb.0,drive=stick,serial=PBSTICK \
+  -device usb-storage,bus=usb.0,drive=stick,serial=PBSTICK,id=stickdev -qmp "unix:$CACHE/qmp.sock,server=on,wait=off" \
   < /dev/null 2>&1 | stdbuf -oL tr -d '\r' > "$CACHE/console.log" &  # line-buffered: the host watches it
 QEMU_PIPE=$!
-listed=
+listed=; unplugged=
 while kill -0 "$QEMU_PIPE" 2>/dev/null; do
   if [ -z "$listed" ] && line=$(grep -a -m1 'F-list ready busid=' "$CACHE/console.log"); then
     listed=1; host_list_probe "${line##*busid=}"
+  fi
+  if [ -z "$unplugged" ] && grep -a -q 'G-unplug ready' "$CACHE/console.log"; then
+    unplugged=1; host_unplug_stick
   fi
   sleep 0.5
 done

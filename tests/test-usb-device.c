@@ -511,9 +511,19 @@ fake_count_held (FakeDevice *fake, guint8 endpoint)
   return n;
 }
 
-/* Reads a counter or a field under the lock. */
-#define FAKE_GET(fake, field) \
-  ({ guint _v; g_mutex_lock (&(fake)->lock); _v = (guint) (fake)->field; g_mutex_unlock (&(fake)->lock); _v; })
+/* Reads a counter or a flag (guint or gboolean) under the lock. */
+static guint
+fake_read (FakeDevice *fake, const void *field)
+{
+  guint value;
+
+  g_mutex_lock (&fake->lock);
+  value = *(const guint *) field;
+  g_mutex_unlock (&fake->lock);
+  return value;
+}
+
+#define FAKE_GET(fake, field) fake_read ((fake), &(fake)->field)
 
 /* ---- the testbed ---- */
 
@@ -1364,14 +1374,6 @@ test_clear_halt (Fixture *f, gconstpointer data)
 }
 
 /* ---- running under umockdev ---- */
-
-/* LeakSanitizer: umockdev's and libudev's own one-time allocations. */
-const char *__lsan_default_suppressions (void);
-const char *
-__lsan_default_suppressions (void)
-{
-  return "leak:libumockdev.so\nleak:libudev.so\n";
-}
 
 typedef struct {
   const char *const *names;

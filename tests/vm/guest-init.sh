@@ -166,9 +166,10 @@ b_usbip_host() { # plugboard attach of a real (emulated) device that usbip-host 
 }
 
 # ---- G: the libusb export (plugboard serve --share) of the emulated stick ----
-start_share() { # PORT: plugboard serve --share the stick
+start_share() { start_share_spec $1 $STICK; } # PORT: plugboard serve --share the stick
+start_share_spec() { # PORT BUSID|VID:PID
   rm -f /tmp/server.log
-  plugboard serve --listen 127.0.0.1 --port $1 --share $STICK > /tmp/server.log 2>&1 &
+  plugboard serve --listen 127.0.0.1 --port $1 --share $2 > /tmp/server.log 2>&1 &
   echo $! > /tmp/server.pid
   waitfor "grep -q '^listening' /tmp/server.log" 100 || { cat /tmp/server.log; fail "plugboard serve --share did not start"; return; }
   cat /tmp/server.log
@@ -197,6 +198,24 @@ g_share_msc() { # Linux's usbip attach imports the stick from plugboard's libusb
   [ "$s" = "$new_sha" ] || fail "shared.bin on the stick has sha256 '$s', expected $new_sha" || return 1
   log "usb-storage has the stick back as /dev/$SDISK, with the file written through the export"
   stop_server
+}
+
+g_share_keyboard() { # QEMU's usb-kbd through the libusb export: keys the host presses arrive on evdev
+  start_share_spec 3263 0627:0001 || return 1
+  kbd=$(sed -n 's/^exporting \([^:]*\): .*/\1/p' /tmp/server.log | head -1)
+  usbip --tcp-port 3263 attach -r 127.0.0.1 -b $kbd || fail "usbip attach failed" || return 1
+  waitfor 'vhci_event && [ -c /dev/input/$EV ]' 300 || fail "no vhci input event device appeared" || return 1
+  log "QEMU keyboard $kbd through the export: /dev/input/$EV ($(cat /sys/class/input/$EV/device/name))"
+  cat /dev/input/$EV > /tmp/ev.bin & rd=$!
+  sleep 1 # the HID core drops reports until hid-generic's probe returns
+  host_step "G-keyboard ready" || { kill $rd; fail "the host never signalled"; return 1; }
+  want="30:1 30:0 48:1 48:0 46:1 46:0"
+  waitfor '[ "$(key_events)" = "$want" ]' 100; got=$(key_events)
+  kill $rd; wait $rd 2>/dev/null
+  usbip detach -p $(vhci_ports | head -1) || fail "usbip detach failed" || return 1
+  stop_server
+  [ "$got" = "$want" ] || fail "key events '$got', expected '$want'" || return 1
+  log "keys pressed on QEMU's keyboard arrived through the export: $got"
 }
 
 g_unplug() { # QEMU unplugs the stick (QMP device_del, done by the host) during a dd through the export
@@ -414,6 +433,7 @@ if [ -n "$STICK" ] && { wants bench || wants F-host-list; }; then
   killall usbipd; usbip unbind -b $STICK
 fi
 run G-share-msc g_share_msc
+run G-share-keyboard g_share_keyboard
 if [ -n "$STICK" ] && wants bench; then
   # (v): the same stick through plugboard's libusb export
   if start_share 3261 > /dev/null && usbip --tcp-port 3261 attach -r 127.0.0.1 -b $STICK &&

@@ -25,7 +25,7 @@ VM_DIR=$(dirname "$(realpath "$0")")
 VM_TIMEOUT=${VM_TIMEOUT:-600}
 VM_ONLY=${PB_VM_ONLY:-}   # a comma-separated subset of scenarios (and "bench"), for development
 EXPECTED=(A-msc A-keyboard A-serial C-msc C-keyboard C-serial D-msc D-keyboard D-serial B-usbip-host
-          F-host-list F-host-serve F-host-serve-image E-kill-server E-detach-io E-stall G-share-msc G-unplug)
+          F-host-list F-host-serve F-host-serve-image E-kill-server E-detach-io E-stall G-share-msc G-share-keyboard G-unplug)
 if [ -n "$VM_ONLY" ]; then
   only=(); for t in "${EXPECTED[@]}"; do [[ ",$VM_ONLY," == *",${t%-image},"* ]] && only+=("$t"); done
   EXPECTED=("${only[@]}")
@@ -154,6 +154,32 @@ host_list_probe() { # when the guest says its usbipd is up: read it through the 
   exec 7<> "/dev/tcp/127.0.0.1/$HOST_SIGNAL_PORT" && exec 7>&-
 }
 
+qmp() { # COMMAND JSON-ARGUMENTS: one QMP command on QEMU's monitor socket
+  python3 - "$CACHE/qmp.sock" "$1" "$2" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rw")
+def call(cmd, args):
+    f.write(json.dumps({"execute": cmd, "arguments": args}) + "\n"); f.flush()
+    while True:
+        reply = json.loads(f.readline())
+        if "return" in reply or "error" in reply:
+            return reply
+json.loads(f.readline())  # greeting
+call("qmp_capabilities", {})
+print("vm: host: %s: %s" % (sys.argv[2], call(sys.argv[2], json.loads(sys.argv[3]))))
+PY
+}
+host_press_keys() { # a, b, c pressed and released on QEMU's usb-kbd, then let the guest go on
+  local k
+  for k in a b c; do
+    for down in true false; do
+      qmp input-send-event "{\"events\": [{\"type\": \"key\", \"data\": {\"down\": $down, \"key\": {\"type\": \"qcode\", \"data\": \"$k\"}}}]}"
+      sleep 0.1
+    done
+  done
+  exec 7<> "/dev/tcp/127.0.0.1/$HOST_SIGNAL_PORT" && exec 7>&-
+}
+
 host_unplug_stick() { # QMP device_del of the stick, then let the guest go on
   python3 - "$CACHE/qmp.sock" <<'PY'
 import json, socket, sys
@@ -181,11 +207,14 @@ timeout "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1024 -nog
   -netdev "user,id=net0,net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:$HOST_FWD_PORT-10.0.2.15:3250,hostfwd=tcp:127.0.0.1:$HOST_SIGNAL_PORT-10.0.2.15:5555" \
   -device virtio-net-pci,netdev=net0 \
   -device qemu-xhci,id=usb -drive if=none,id=stick,format=raw,file="$CACHE/stick.img" \
-  -device usb-storage,bus=usb.0,drive=stick,serial=PBSTICK,id=stickdev -qmp "unix:$CACHE/qmp.sock,server=on,wait=off" \
+  -device usb-storage,bus=usb.0,drive=stick,serial=PBSTICK,id=stickdev -device usb-kbd,bus=usb.0,id=kbd -qmp "unix:$CACHE/qmp.sock,server=on,wait=off" \
   < /dev/null 2>&1 | stdbuf -oL tr -d '\r' > "$CACHE/console.log" &  # line-buffered: the host watches it
 QEMU_PIPE=$!
-listed=; unplugged=
+listed=; unplugged=; pressed=
 while kill -0 "$QEMU_PIPE" 2>/dev/null; do
+  if [ -z "$pressed" ] && grep -a -q 'G-keyboard ready' "$CACHE/console.log"; then
+    pressed=1; host_press_keys
+  fi
   if [ -z "$listed" ] && line=$(grep -a -m1 'F-list ready busid=' "$CACHE/console.log"); then
     listed=1; host_list_probe "${line##*busid=}"
   fi

@@ -218,6 +218,28 @@ g_share_keyboard() { # QEMU's usb-kbd through the libusb export: keys the host p
   log "keys pressed on QEMU's keyboard arrived through the export: $got"
 }
 
+g_share_serial() { # QEMU's FTDI serial port through the export; the host echoes what it gets
+  start_share_spec 3264 0403:6001 || return 1
+  ftdi=$(sed -n 's/^exporting \([^:]*\): .*/\1/p' /tmp/server.log | head -1)
+  usbip --tcp-port 3264 attach -r 127.0.0.1 -b $ftdi || fail "usbip attach failed" || return 1
+  vusb() { for t in /sys/class/tty/ttyUSB*; do on_vhci $t && { USBTTY=${t##*/}; return 0; }; done; return 1; }
+  waitfor 'vusb && [ -c /dev/$USBTTY ]' 300 || fail "no /dev/ttyUSB* appeared on vhci" || return 1
+  log "QEMU's FTDI port $ftdi through the export: /dev/$USBTTY"
+  exec 5<>/dev/$USBTTY
+  stty -F /dev/$USBTTY 115200 raw -echo
+  head -c 2000 /dev/urandom | od -An -v -tx1 | tr -d ' \n' > /tmp/to-ftdi.txt
+  cat <&5 > /tmp/from-ftdi.txt & rd=$!
+  cat /tmp/to-ftdi.txt >&5
+  waitfor '[ $(wc -c < /tmp/from-ftdi.txt) -ge 4000 ]' 150
+  kill $rd; wait $rd 2>/dev/null
+  exec 5>&-
+  usbip detach -p $(vhci_ports | head -1) || fail "usbip detach failed" || return 1
+  stop_server
+  cmp -s /tmp/to-ftdi.txt /tmp/from-ftdi.txt ||
+    fail "ttyUSB -> host -> ttyUSB: $(wc -c < /tmp/from-ftdi.txt) of 4000 bytes back, or different" || return 1
+  log "4000 bytes went out through the export's FTDI port and came back"
+}
+
 g_unplug() { # QEMU unplugs the stick (QMP device_del, done by the host) during a dd through the export
   find_stick || fail "QEMU's usb-storage stick not found" || return 1
   start_share 3262 || return 1
@@ -394,7 +416,7 @@ run() { # NAME FUNCTION [ARGS]: the function's last output line is the failure r
 echo; log "init start, kernel $(uname -r)"
 echo 15 > /proc/sys/kernel/hung_task_timeout_secs # the harness fails on any hung task report
 modprobe -a usbip-core usbip-host vhci-hcd xhci-pci usb-storage sd_mod usbhid hid-generic evdev cdc-acm \
-  crc32c_generic ext4 loop dm-mod virtio_pci virtio_net
+  crc32c_generic ext4 loop dm-mod virtio_pci virtio_net ftdi_sio
 modprobe usbmon && mount -t debugfs none /sys/kernel/debug
 waitfor '[ -e /sys/class/net/eth0 ]' 100 && ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 ||
   log "no eth0: the F scenarios will fail"
@@ -434,6 +456,7 @@ if [ -n "$STICK" ] && { wants bench || wants F-host-list; }; then
 fi
 run G-share-msc g_share_msc
 run G-share-keyboard g_share_keyboard
+run G-share-serial g_share_serial
 if [ -n "$STICK" ] && wants bench; then
   # (v): the same stick through plugboard's libusb export
   if start_share 3261 > /dev/null && usbip --tcp-port 3261 attach -r 127.0.0.1 -b $STICK &&

@@ -25,7 +25,7 @@ VM_DIR=$(dirname "$(realpath "$0")")
 VM_TIMEOUT=${VM_TIMEOUT:-600}
 VM_ONLY=${PB_VM_ONLY:-}   # a comma-separated subset of scenarios (and "bench"), for development
 EXPECTED=(A-msc A-keyboard A-serial C-msc C-keyboard C-serial D-msc D-keyboard D-serial B-usbip-host
-          F-host-list F-host-serve F-host-serve-image E-kill-server E-detach-io E-stall G-share-msc G-share-keyboard G-unplug)
+          F-host-list F-host-serve F-host-serve-image E-kill-server E-detach-io E-stall G-share-msc G-share-keyboard G-share-serial G-unplug)
 if [ -n "$VM_ONLY" ]; then
   only=(); for t in "${EXPECTED[@]}"; do [[ ",$VM_ONLY," == *",${t%-image},"* ]] && only+=("$t"); done
   EXPECTED=("${only[@]}")
@@ -73,7 +73,7 @@ fi
 # disk.img goes into the initramfs (for the guest's virtual disks), host-disk.img is served by the
 # host for scenario F, stick.img is QEMU's usb-storage: the same file system, then scratch space up
 # to 96 MiB for the write benchmark.
-rm -rf "$CACHE/diskroot" "$CACHE"/{disk,host-disk,stick}.img
+rm -rf "$CACHE/diskroot" "$CACHE"/{disk,host-disk,stick}.img "$CACHE"/{qmp,ftdi}.sock
 mkdir "$CACHE/diskroot"
 head -c 4M /dev/urandom > "$CACHE/diskroot/known.bin"
 KNOWN_SHA=$(sha256sum "$CACHE/diskroot/known.bin" | cut -c1-64)
@@ -111,7 +111,7 @@ echo 'root:x:0:0::/:/bin/sh' > "$R/etc/passwd"
 cp "$CACHE/disk.img" "$R/img/disk.img"
 
 MODULES="usbip-core usbip-host vhci-hcd xhci-pci usb-storage sd_mod usbhid hid-generic evdev cdc-acm crc32c_generic
-  ext4 loop usbmon dm-mod virtio_net virtio_pci"
+  ext4 loop usbmon dm-mod virtio_net virtio_pci ftdi_sio"
 for m in $MODULES; do
   modprobe -d "$KDIR" -S "$KV" --show-depends "$m"
 done | awk '$1 == "insmod" {print $2}' | sort -u | while read -r f; do
@@ -207,9 +207,27 @@ timeout "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1024 -nog
   -netdev "user,id=net0,net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:$HOST_FWD_PORT-10.0.2.15:3250,hostfwd=tcp:127.0.0.1:$HOST_SIGNAL_PORT-10.0.2.15:5555" \
   -device virtio-net-pci,netdev=net0 \
   -device qemu-xhci,id=usb -drive if=none,id=stick,format=raw,file="$CACHE/stick.img" \
-  -device usb-storage,bus=usb.0,drive=stick,serial=PBSTICK,id=stickdev -device usb-kbd,bus=usb.0,id=kbd -qmp "unix:$CACHE/qmp.sock,server=on,wait=off" \
+  -device usb-storage,bus=usb.0,drive=stick,serial=PBSTICK,id=stickdev -device usb-kbd,bus=usb.0,id=kbd \
+  -chardev "socket,id=ftdi,path=$CACHE/ftdi.sock,server=on,wait=off" -device usb-serial,bus=usb.0,chardev=ftdi,id=ftdidev -qmp "unix:$CACHE/qmp.sock,server=on,wait=off" \
   < /dev/null 2>&1 | stdbuf -oL tr -d '\r' > "$CACHE/console.log" &  # line-buffered: the host watches it
 QEMU_PIPE=$!
+# The far end of QEMU's FTDI serial port: echo every byte back (G-share-serial).
+python3 - "$CACHE/ftdi.sock" > "$CACHE/ftdi-echo.log" 2>&1 <<'PY' &
+import socket, sys, time
+for _ in range(600):
+    try:
+        s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); break
+    except OSError:
+        time.sleep(0.1)
+total = 0
+while True:
+    data = s.recv(65536)
+    if not data:
+        break
+    s.sendall(data); total += len(data)
+print("echoed", total, "bytes")
+PY
+ECHO_PID=$!
 listed=; unplugged=; pressed=
 while kill -0 "$QEMU_PIPE" 2>/dev/null; do
   if [ -z "$pressed" ] && grep -a -q 'G-keyboard ready' "$CACHE/console.log"; then
@@ -224,6 +242,7 @@ while kill -0 "$QEMU_PIPE" 2>/dev/null; do
   sleep 0.5
 done
 QRC=0; wait "$QEMU_PIPE" || QRC=$?
+kill "$ECHO_PID" 2>/dev/null || true; wait "$ECHO_PID" 2>/dev/null || true
 echo "vm: wall time $(( ($(date +%s%N) - START) / 1000000 )) ms, console log $CACHE/console.log"
 
 # The host server: stop it, then judge its log (sanitizers) and what the guest wrote into its image.

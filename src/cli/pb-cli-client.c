@@ -202,7 +202,8 @@ list_local (void)
       printf (" - busid %s (%04x:%04x)\n", busid, d.idVendor, d.idProduct);
       printf ("   %s : %s (%04x:%04x)\n", vendor != NULL ? vendor : "unknown vendor",
               product != NULL ? product : "unknown product", d.idVendor, d.idProduct);
-      printf ("   driver: %s\n\n", drivers);
+      printf ("   driver: %s%s\n\n", drivers,
+              pb_monitor_device_is_imported (device) ? " (imported through vhci-hcd)" : "");
     }
   return PB_EXIT_OK;
 }

@@ -17,6 +17,7 @@ typedef struct {
   GPtrArray *owners;     /* the built-in device objects (PbMassStorage, PbKeyboard, PbSerial) */
   PbKeyboard *keyboard;  /* to type --type text on import; owned by owners */
   PbMonitor *monitor;    /* libusb, once a --share needs it */
+  char **share_specs;    /* --share, to share again what is plugged back in */
   char *type_text;
 } Serve;
 
@@ -56,7 +57,40 @@ add_virtual (Serve *serve, const char *spec, GError **error)
 static void
 on_device_vanished (PbDevice *device, gpointer user_data)
 {
+  Serve *serve = user_data;
+
   printf ("unplugged %s\n", pb_device_get_busid (device));
+  g_ptr_array_remove (serve->owners, device); /* a replug makes a new one */
+}
+
+static gboolean add_found (Serve *serve, libusb_device *found, GError **error);
+
+/* A device arrived: share it if a --share names it (by bus ID or VID:PID) and it is not shared. */
+static void
+on_device_added (PbMonitor *monitor, const char *busid, gpointer user_data)
+{
+  Serve *serve = user_data;
+  g_autoptr(GError) error = NULL;
+  libusb_device *found;
+  struct libusb_device_descriptor d;
+  g_autofree char *ids = NULL;
+
+  if (pb_server_find_device (serve->server, busid) != NULL ||
+      (found = pb_monitor_find_device (monitor, busid, NULL)) == NULL)
+    return;
+  if (libusb_get_device_descriptor (found, &d) == 0 && !pb_monitor_device_is_imported (found))
+    ids = g_strdup_printf ("%04x:%04x", d.idVendor, d.idProduct); /* see pb_monitor_find_device */
+  for (guint i = 0; serve->share_specs[i] != NULL; i++)
+    if (g_str_equal (serve->share_specs[i], busid) ||
+        (ids != NULL && g_ascii_strcasecmp (serve->share_specs[i], ids) == 0))
+      {
+        if (add_found (serve, found, &error))
+          printf ("plugged %s: sharing it again\n", busid);
+        else
+          printf ("plugged %s: cannot share it: %s\n", busid, error->message);
+        break;
+      }
+  libusb_unref_device (found);
 }
 
 /* --share BUSID|VID:PID: a real device of this machine, through libusb. */
@@ -64,24 +98,37 @@ static gboolean
 add_shared (Serve *serve, const char *spec, GError **error)
 {
   libusb_device *found;
-  g_autoptr(PbUsbDevice) device = NULL;
-  struct libusb_device_descriptor d;
+  gboolean ok;
 
-  if (serve->monitor == NULL && (serve->monitor = pb_monitor_new (error)) == NULL)
-    return FALSE;
+  if (serve->monitor == NULL)
+    {
+      if ((serve->monitor = pb_monitor_new (error)) == NULL)
+        return FALSE;
+      g_signal_connect (serve->monitor, "device-added", G_CALLBACK (on_device_added), serve);
+    }
   found = pb_monitor_find_device (serve->monitor, spec, error);
   if (found == NULL)
     return FALSE;
+  ok = add_found (serve, found, error);
+  libusb_unref_device (found);
+  return ok;
+}
+
+static gboolean
+add_found (Serve *serve, libusb_device *found, GError **error)
+{
+  g_autoptr(PbUsbDevice) device = NULL;
+  struct libusb_device_descriptor d;
+
   device = pb_usb_device_new (serve->monitor, found, error);
   if (device != NULL && libusb_get_device_descriptor (found, &d) == 0)
     {
       g_autofree char *description = g_strdup_printf ("USB device %04x:%04x", d.idVendor, d.idProduct);
       pb_device_set_description (PB_DEVICE (device), description);
     }
-  libusb_unref_device (found);
   if (device == NULL || !pb_server_add_device (serve->server, PB_DEVICE (device), error))
     return FALSE;
-  g_signal_connect (device, "vanished", G_CALLBACK (on_device_vanished), NULL);
+  g_signal_connect (device, "vanished", G_CALLBACK (on_device_vanished), serve);
   g_ptr_array_add (serve->owners, g_steal_pointer (&device));
   return TRUE;
 }
@@ -204,6 +251,7 @@ pb_cli_serve (int argc, char **argv)
   serve.owners = g_ptr_array_new_with_free_func (g_object_unref);
   serve.type_text = type_text;
 
+  serve.share_specs = share_specs;
   for (guint i = 0; share_specs != NULL && share_specs[i] != NULL && error == NULL; i++)
     add_shared (&serve, share_specs[i], &error);
   if (error == NULL && (share_specs == NULL || share_specs[0] == NULL) &&

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -169,6 +170,18 @@ pb_monitor_device_busid (libusb_device *device)
   return g_string_free (busid, FALSE);
 }
 
+gboolean
+pb_monitor_device_is_imported (libusb_device *device)
+{
+  g_autofree char *busid = pb_monitor_device_busid (device);
+  g_autofree char *link = g_build_filename ("/sys/bus/usb/devices", busid, NULL);
+  char *real = realpath (link, NULL);
+  gboolean imported = real != NULL && strstr (real, "/vhci_hcd") != NULL;
+
+  free (real);
+  return imported;
+}
+
 GPtrArray *
 pb_monitor_list_devices (PbMonitor *self, GError **error)
 {
@@ -207,8 +220,10 @@ pb_monitor_find_device (PbMonitor *self, const char *busid_or_ids, GError **erro
       if (by_ids)
         {
           struct libusb_device_descriptor descriptor;
+          /* Never a device imported through vhci-hcd: sharing it would loop an export into
+           * itself (the QEMU suite saw `--share VID:PID` pick up its own client's import). */
           if (libusb_get_device_descriptor (device, &descriptor) == 0 && descriptor.idVendor == vendor &&
-              descriptor.idProduct == product)
+              descriptor.idProduct == product && !pb_monitor_device_is_imported (device))
             return libusb_ref_device (device);
         }
       else

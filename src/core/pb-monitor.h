@@ -23,12 +23,15 @@ libusb_context *pb_monitor_get_libusb (PbMonitor *self);
 /* Every USB device but root hubs, each with a reference the array drops. */
 GPtrArray *pb_monitor_list_devices (PbMonitor *self, GError **error);
 
-/* A device by bus ID (`1-2.3`) or by VID:PID (`46f4:0001`, the first match); a new reference.
- * PB_ERROR_NOT_FOUND when there is none. */
+/* A device by bus ID (`1-2.3`) or by VID:PID (`46f4:0001`, the first match that was not itself
+ * imported through vhci-hcd); a new reference. PB_ERROR_NOT_FOUND when there is none. */
 libusb_device *pb_monitor_find_device (PbMonitor *self, const char *busid_or_ids, GError **error);
 
 /* The bus ID of device as Linux names it. */
 char *pb_monitor_device_busid (libusb_device *device);
+
+/* TRUE for a device that this machine imported through vhci-hcd (a USB/IP client's device). */
+gboolean pb_monitor_device_is_imported (libusb_device *device);
 
 /* Submits transfer; when it ends, done (transfer, user_data) runs on the monitor's main context.
  * transfer->callback and user_data are the monitor's: use done/user_data instead. */

@@ -242,7 +242,7 @@ g_share_serial() { # QEMU's FTDI serial port through the export; the host echoes
 
 g_unplug() { # QEMU unplugs the stick (QMP device_del, done by the host) during a dd through the export
   find_stick || fail "QEMU's usb-storage stick not found" || return 1
-  start_share 3262 || return 1
+  start_share_spec 3262 46f4:0001 || return 1
   usbip --tcp-port 3262 attach -r 127.0.0.1 -b $STICK || fail "usbip attach failed" || return 1
   waitfor 'vhci_disk && [ -b /dev/$DISK ]' 300 || fail "no disk appeared on vhci" || return 1
   start_dd $DISK; sleep 1
@@ -257,6 +257,24 @@ g_unplug() { # QEMU unplugs the stick (QMP device_del, done by the host) during 
   grep -q "$STICK" /tmp/list.txt && fail "the unplugged stick is still in the devlist" && return 1
   cat /tmp/server.log
   log "unplugged during dd: dd ended, port freed, session closed, devlist empty"
+  touch /tmp/keep-server # left running for G-replug
+}
+g_replug() { # QEMU plugs the stick back (QMP device_add): the server shares it again by VID:PID
+  rm -f /tmp/keep-server
+  [ -f /tmp/server.pid ] && [ -d /proc/$(cat /tmp/server.pid) ] || fail "no server left by G-unplug" || return 1
+  host_step "G-replug ready" || fail "the host never signalled the replug" || return 1
+  waitfor "grep -q '^plugged ' /tmp/server.log" 150 || { cat /tmp/server.log; fail "the server did not share the stick again"; return 1; }
+  find_stick || fail "the stick is not in plugboard list -l" || return 1
+  plugboard list -l | grep -q "busid $STICK (46f4:0001)" || fail "plugboard list -l does not show $STICK" || return 1
+  plugboard list -r 127.0.0.1 -p 3262 | grep -q "$STICK: .*(46f4:0001)" || fail "the stick is not back in the devlist" || return 1
+  usbip --tcp-port 3262 attach -r 127.0.0.1 -b $STICK || fail "usbip attach after the replug failed" || return 1
+  waitfor 'vhci_disk && [ -b /dev/$DISK ]' 300 || fail "no disk after the replug" || return 1
+  dd if=/dev/$DISK of=/dev/null iflag=direct bs=1M count=4 2>/dev/null || fail "read after the replug failed" || return 1
+  usbip detach -p $(vhci_ports | head -1) || fail "usbip detach failed" || return 1
+  cat /tmp/server.log
+  # Only the stick: never the device our own client imported through vhci (same VID:PID).
+  grep '^plugged ' /tmp/server.log | grep -v "^plugged $STICK:" && fail "the server shared a device imported through vhci" && return 1
+  log "replugged: shared again as $STICK, imported and read"
   stop_server
 }
 
@@ -379,8 +397,9 @@ bench_virtual() { # METHOD CONFIG
 }
 
 # ---- running ----
-cleanup() { # between scenarios: nothing of one may leak into the next
-  stop_server; exec 4>&- 5>&- 6>&-
+cleanup() { # between scenarios: nothing of one may leak into the next (but what G-replug needs)
+  [ -f /tmp/keep-server ] || stop_server
+  exec 4>&- 5>&- 6>&-
   for p in $(vhci_ports); do usbip detach -p $p > /dev/null 2>&1; done
   umount /mnt 2>/dev/null; return 0
 }
@@ -418,6 +437,7 @@ echo 15 > /proc/sys/kernel/hung_task_timeout_secs # the harness fails on any hun
 modprobe -a usbip-core usbip-host vhci-hcd xhci-pci usb-storage sd_mod usbhid hid-generic evdev cdc-acm \
   crc32c_generic ext4 loop dm-mod virtio_pci virtio_net ftdi_sio
 modprobe usbmon && mount -t debugfs none /sys/kernel/debug
+mkdir -p /run/udev && /lib/systemd/systemd-udevd --daemon 2>/dev/null || log "udevd did not start: no hot-plug"
 waitfor '[ -e /sys/class/net/eth0 ]' 100 && ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 ||
   log "no eth0: the F scenarios will fail"
 # slirp forwards the host's connections (hostfwd) only to a guest whose MAC it has learnt: speak
@@ -473,7 +493,8 @@ run E-kill-server e_kill_server
 run E-detach-io e_detach_io
 run E-stall e_stall
 e_cleanup
-run G-unplug g_unplug # last: the stick is gone afterwards
+run G-unplug g_unplug # last but one: the stick is gone afterwards
+run G-replug g_replug
 
 log "kernel log follows"
 echo "### dmesg begin"

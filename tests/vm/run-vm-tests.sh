@@ -25,7 +25,7 @@ VM_DIR=$(dirname "$(realpath "$0")")
 VM_TIMEOUT=${VM_TIMEOUT:-600}
 VM_ONLY=${PB_VM_ONLY:-}   # a comma-separated subset of scenarios (and "bench"), for development
 EXPECTED=(A-msc A-keyboard A-serial C-msc C-keyboard C-serial D-msc D-keyboard D-serial B-usbip-host
-          F-host-list F-host-serve F-host-serve-image E-kill-server E-detach-io E-stall G-share-msc G-share-keyboard G-share-serial G-unplug)
+          F-host-list F-host-serve F-host-serve-image E-kill-server E-detach-io E-stall G-share-msc G-share-keyboard G-share-serial G-unplug G-replug)
 if [ -n "$VM_ONLY" ]; then
   only=(); for t in "${EXPECTED[@]}"; do [[ ",$VM_ONLY," == *",${t%-image},"* ]] && only+=("$t"); done
   EXPECTED=("${only[@]}")
@@ -103,6 +103,15 @@ copy_with_libs() { # copy a binary to DEST and every library ldd lists at its ow
 copy_with_libs /usr/sbin/usbip /usr/sbin/usbip
 copy_with_libs /usr/sbin/usbipd /usr/sbin/usbipd
 copy_with_libs "$(command -v dmsetup)" /usr/sbin/dmsetup
+# udevd, so that libusb hears of hot-plug as on a desktop (its udev backend listens to udevd,
+# not to the kernel). Debian's udev package, downloaded once; no rules are installed.
+if [ ! -x "$CACHE/udev/bin/udevadm" ]; then
+  rm -rf "$CACHE/udev" "$CACHE"/udev_*.deb
+  (cd "$CACHE" && apt-get download udev)
+  dpkg -x "$CACHE"/udev_*.deb "$CACHE/udev"
+fi
+copy_with_libs "$CACHE/udev/bin/udevadm" /bin/udevadm
+mkdir -p "$R/lib/systemd" && ln -sf /bin/udevadm "$R/lib/systemd/systemd-udevd"
 copy_with_libs "$PLUGBOARD" /usr/bin/plugboard
 for ids in /usr/share/misc/usb.ids /usr/share/hwdata/usb.ids /var/lib/usbutils/usb.ids; do
   [ -e "$ids" ] && { cp -L "$ids" "$R/usr/share/misc/usb.ids"; break; }
@@ -180,6 +189,11 @@ host_press_keys() { # a, b, c pressed and released on QEMU's usb-kbd, then let t
   exec 7<> "/dev/tcp/127.0.0.1/$HOST_SIGNAL_PORT" && exec 7>&-
 }
 
+host_replug_stick() { # QMP device_add of the stick again, then let the guest go on
+  qmp device_add '{"driver": "usb-storage", "bus": "usb.0", "drive": "stick", "serial": "PBSTICK", "id": "stickdev"}'
+  exec 7<> "/dev/tcp/127.0.0.1/$HOST_SIGNAL_PORT" && exec 7>&-
+}
+
 host_unplug_stick() { # QMP device_del of the stick, then let the guest go on
   python3 - "$CACHE/qmp.sock" <<'PY'
 import json, socket, sys
@@ -206,7 +220,7 @@ timeout "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1024 -nog
   -append "console=ttyS0 panic=-1 loglevel=4 vmtest.sha=$KNOWN_SHA vmtest.hserve=$HOST_SERVE_PORT vmtest.only=$VM_ONLY vmtest.mb=${VM_BENCH_MB:-32}" \
   -netdev "user,id=net0,net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:$HOST_FWD_PORT-10.0.2.15:3250,hostfwd=tcp:127.0.0.1:$HOST_SIGNAL_PORT-10.0.2.15:5555" \
   -device virtio-net-pci,netdev=net0 \
-  -device qemu-xhci,id=usb -drive if=none,id=stick,format=raw,file="$CACHE/stick.img" \
+  -device qemu-xhci,id=usb -blockdev "driver=raw,node-name=stick,file.driver=file,file.filename=$CACHE/stick.img" \
   -device usb-storage,bus=usb.0,drive=stick,serial=PBSTICK,id=stickdev -device usb-kbd,bus=usb.0,id=kbd \
   -chardev "socket,id=ftdi,path=$CACHE/ftdi.sock,server=on,wait=off" -device usb-serial,bus=usb.0,chardev=ftdi,id=ftdidev -qmp "unix:$CACHE/qmp.sock,server=on,wait=off" \
   < /dev/null 2>&1 | stdbuf -oL tr -d '\r' > "$CACHE/console.log" &  # line-buffered: the host watches it
@@ -228,7 +242,7 @@ while True:
 print("echoed", total, "bytes")
 PY
 ECHO_PID=$!
-listed=; unplugged=; pressed=
+listed=; unplugged=; pressed=; replugged=
 while kill -0 "$QEMU_PIPE" 2>/dev/null; do
   if [ -z "$pressed" ] && grep -a -q 'G-keyboard ready' "$CACHE/console.log"; then
     pressed=1; host_press_keys
@@ -238,6 +252,9 @@ while kill -0 "$QEMU_PIPE" 2>/dev/null; do
   fi
   if [ -z "$unplugged" ] && grep -a -q 'G-unplug ready' "$CACHE/console.log"; then
     unplugged=1; host_unplug_stick
+  fi
+  if [ -z "$replugged" ] && grep -a -q 'G-replug ready' "$CACHE/console.log"; then
+    replugged=1; host_replug_stick
   fi
   sleep 0.5
 done

@@ -200,6 +200,22 @@ g_share_msc() { # Linux's usbip attach imports the stick from plugboard's libusb
   stop_server
 }
 
+g_share_plugboard_attach() { # plugboard attach <-> plugboard serve --share: both ends ours
+  find_stick || fail "QEMU's usb-storage stick not found" || return 1
+  start_share 3265 || return 1
+  plugboard attach -r 127.0.0.1 -p 3265 -b $STICK || fail "plugboard attach failed" || return 1
+  waitfor 'vhci_disk && [ -b /dev/$DISK ]' 300 || fail "no disk appeared on vhci" || return 1
+  mount -t ext4 -o ro /dev/$DISK /mnt || fail "mount /dev/$DISK failed" || return 1
+  s=$(sha /mnt/known.bin); umount /mnt
+  [ "$s" = "$VT_sha" ] || fail "known.bin sha256 $s, expected $VT_sha" || return 1
+  p=$(vhci_ports | head -1)
+  plugboard detach -p $p || fail "plugboard detach -p $p failed" || return 1
+  waitfor '[ -z "$(vhci_ports)" ]' 100 || fail "port still in use" || return 1
+  waitfor 'stick_disk && [ -b /dev/$SDISK ]' 300 || fail "usb-storage did not get the stick back" || return 1
+  log "plugboard attach of plugboard serve --share: checksum matches, detach gives the stick back"
+  stop_server
+}
+
 g_share_keyboard() { # QEMU's usb-kbd through the libusb export: keys the host presses arrive on evdev
   start_share_spec 3263 0627:0001 || return 1
   kbd=$(sed -n 's/^exporting \([^:]*\): .*/\1/p' /tmp/server.log | head -1)
@@ -475,6 +491,7 @@ if [ -n "$STICK" ] && { wants bench || wants F-host-list; }; then
   killall usbipd; usbip unbind -b $STICK
 fi
 run G-share-msc g_share_msc
+run G-share-attach g_share_plugboard_attach
 run G-share-keyboard g_share_keyboard
 run G-share-serial g_share_serial
 if [ -n "$STICK" ] && wants bench; then

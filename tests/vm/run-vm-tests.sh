@@ -25,7 +25,7 @@ VM_DIR=$(dirname "$(realpath "$0")")
 VM_TIMEOUT=${VM_TIMEOUT:-600}
 VM_ONLY=${PB_VM_ONLY:-}   # a comma-separated subset of scenarios (and "bench"), for development
 EXPECTED=(A-msc A-keyboard A-serial C-msc C-keyboard C-serial D-msc D-keyboard D-serial B-usbip-host
-          F-host-list F-host-serve F-host-serve-image E-kill-server E-detach-io E-stall G-share-msc G-share-keyboard G-share-serial G-unplug G-replug)
+          F-host-list F-host-serve F-host-serve-image E-kill-server E-detach-io E-stall G-share-msc G-share-attach G-share-keyboard G-share-serial G-unplug G-replug)
 if [ -n "$VM_ONLY" ]; then
   only=(); for t in "${EXPECTED[@]}"; do [[ ",$VM_ONLY," == *",${t%-image},"* ]] && only+=("$t"); done
   EXPECTED=("${only[@]}")

@@ -2,8 +2,10 @@
  *
  * Owns the libusb context and the one thread that runs libusb's event handling. That thread
  * touches no GObject: a finished transfer is queued, and the main context that created the
- * monitor runs its completion (pb_monitor_submit_transfer). Devices are named by bus ID as Linux
- * writes it (`BUS-PORT.PORT…`, e.g. `1-2.3`).
+ * monitor runs its completion (pb_monitor_submit_transfer), and hot-plug becomes the signals
+ * "device-added" and "device-removed" (bus ID) there. Devices are named by bus ID as Linux
+ * writes it (`BUS-PORT.PORT…`, e.g. `1-2.3`). Hot-plug needs libusb's event source: with
+ * Debian's libusb that is udevd.
  */
 #pragma once
 

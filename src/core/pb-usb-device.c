@@ -26,7 +26,6 @@ struct _PbUsbDevice {
   gboolean had_driver[MAX_INTERFACES]; /* a kernel driver to give back on close */
   PbEndpointType endpoint_types[2][16]; /* [IN?][number] in the current settings */
 
-  guint in_flight;                /* transfers libusb has not given back */
   guint vanish_idle;              /* pending report of a vanished device */
 };
 
@@ -312,7 +311,6 @@ on_transfer_done (struct libusb_transfer *transfer, gpointer user_data)
   gint32 status = status_from_transfer (transfer, urb);
   guint32 actual = (guint32) MAX (transfer->actual_length, 0);
 
-  self->in_flight--;
   urb->device_data = NULL;
   urb->device_link.data = NULL;
   if (transfer->type == LIBUSB_TRANSFER_TYPE_CONTROL)
@@ -367,7 +365,6 @@ submit_transfer (PbUsbDevice *self, PbUrb *urb, struct libusb_transfer *transfer
       g_object_unref (self);
       return;
     }
-  self->in_flight++;
 }
 
 /* Requests the kernel's stub carries out itself instead of forwarding them (PROTOCOL.md):

@@ -138,8 +138,8 @@ print_device_record (const PbUsbIds *ids, const PbUsbipDeviceRecord *record)
 static char *
 local_drivers (const char *busid)
 {
-  g_autofree char *pattern_dir = g_strdup ("/sys/bus/usb/devices");
-  g_autoptr(GDir) dir = g_dir_open (pattern_dir, 0, NULL);
+  static const char devices_dir[] = "/sys/bus/usb/devices";
+  g_autoptr(GDir) dir = g_dir_open (devices_dir, 0, NULL);
   g_autoptr(GPtrArray) drivers = g_ptr_array_new_with_free_func (g_free);
   g_autofree char *prefix = g_strdup_printf ("%s:", busid);
   const char *name;
@@ -152,7 +152,7 @@ local_drivers (const char *busid)
 
       if (!g_str_has_prefix (name, prefix))
         continue;
-      link = g_build_filename (pattern_dir, name, "driver", NULL);
+      link = g_build_filename (devices_dir, name, "driver", NULL);
       target = g_file_read_link (link, NULL);
       driver = target != NULL ? g_path_get_basename (target) : g_strdup ("-");
       if (!g_ptr_array_find_with_equal_func (drivers, driver, g_str_equal, NULL))

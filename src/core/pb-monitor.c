@@ -170,16 +170,24 @@ pb_monitor_device_busid (libusb_device *device)
   return g_string_free (busid, FALSE);
 }
 
-gboolean
-pb_monitor_device_is_imported (libusb_device *device)
+char *
+pb_monitor_device_sysfs_path (libusb_device *device)
 {
   g_autofree char *busid = pb_monitor_device_busid (device);
   g_autofree char *link = g_build_filename ("/sys/bus/usb/devices", busid, NULL);
   char *real = realpath (link, NULL);
-  gboolean imported = real != NULL && strstr (real, "/vhci_hcd") != NULL;
+  char *path = real != NULL ? g_strdup (real) : g_canonicalize_filename (link, NULL);
 
   free (real);
-  return imported;
+  return path;
+}
+
+gboolean
+pb_monitor_device_is_imported (libusb_device *device)
+{
+  g_autofree char *path = pb_monitor_device_sysfs_path (device);
+
+  return strstr (path, "/vhci_hcd") != NULL;
 }
 
 GPtrArray *

@@ -32,6 +32,10 @@ libusb_device *pb_monitor_find_device (PbMonitor *self, const char *busid_or_ids
 /* The bus ID of device as Linux names it. */
 char *pb_monitor_device_busid (libusb_device *device);
 
+/* Where the kernel lists device: `/sys/bus/usb/devices/BUSID` resolved (the path usbip-host
+ * reports), or that name when it cannot be resolved. */
+char *pb_monitor_device_sysfs_path (libusb_device *device);
+
 /* TRUE for a device that this machine imported through vhci-hcd (a USB/IP client's device). */
 gboolean pb_monitor_device_is_imported (libusb_device *device);
 

@@ -2,7 +2,6 @@
 
 #include "pb-usb-device.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 #include "pb-error.h"
@@ -33,11 +32,13 @@ G_DEFINE_FINAL_TYPE (PbUsbDevice, pb_usb_device, PB_TYPE_DEVICE)
 
 /* ---- libusb outcomes as Linux URB statuses ---- */
 
+/* The URB status for a libusb call's result (0 for success). */
 static gint32
 status_from_libusb_error (int rc)
 {
   switch (rc)
     {
+    case LIBUSB_SUCCESS: return PB_URB_OK;
     case LIBUSB_ERROR_PIPE: return PB_URB_EPIPE;
     case LIBUSB_ERROR_NO_DEVICE: return PB_URB_ENODEV;
     case LIBUSB_ERROR_TIMEOUT: return PB_URB_ETIMEDOUT;
@@ -393,7 +394,7 @@ handle_standard_request (PbUsbDevice *self, PbUrb *urb)
               rc = LIBUSB_ERROR_IO;
             }
         }
-      pb_urb_complete (urb, rc == 0 ? PB_URB_OK : status_from_libusb_error (rc), 0);
+      pb_urb_complete (urb, status_from_libusb_error (rc), 0);
       return TRUE;
     }
   if (type == 0x01 && request == 0x0b) /* SET_INTERFACE */
@@ -405,19 +406,19 @@ handle_standard_request (PbUsbDevice *self, PbUrb *urb)
           self->alternate[index] = (guint8) value;
           refresh_endpoints (self);
         }
-      pb_urb_complete (urb, rc == 0 ? PB_URB_OK : status_from_libusb_error (rc), 0);
+      pb_urb_complete (urb, status_from_libusb_error (rc), 0);
       return TRUE;
     }
   if (type == 0x02 && request == 0x01 && value == 0) /* CLEAR_FEATURE(ENDPOINT_HALT) */
     {
       rc = libusb_clear_halt (self->handle, (unsigned char) (index & 0xff));
-      pb_urb_complete (urb, rc == 0 ? PB_URB_OK : status_from_libusb_error (rc), 0);
+      pb_urb_complete (urb, status_from_libusb_error (rc), 0);
       return TRUE;
     }
   if (type == 0x23 && request == 0x03 && value == 4) /* SET_FEATURE(PORT_RESET) to a port */
     {
       rc = libusb_reset_device (self->handle);
-      pb_urb_complete (urb, rc == 0 ? PB_URB_OK : status_from_libusb_error (rc), 0);
+      pb_urb_complete (urb, status_from_libusb_error (rc), 0);
       return TRUE;
     }
   return FALSE;
@@ -521,10 +522,7 @@ pb_usb_device_new (PbMonitor *monitor, libusb_device *device, GError **error)
 {
   g_autoptr(PbUsbDevice) self = g_object_new (PB_TYPE_USB_DEVICE, NULL);
   g_autofree char *busid = pb_monitor_device_busid (device);
-  g_autofree char *link = g_build_filename ("/sys/bus/usb/devices", busid, NULL);
-  g_autofree char *resolved = g_canonicalize_filename (link, NULL);
   struct libusb_device_descriptor descriptor;
-  char *real;
 
   if (libusb_get_device_descriptor (device, &descriptor) < 0)
     {
@@ -534,9 +532,7 @@ pb_usb_device_new (PbMonitor *monitor, libusb_device *device, GError **error)
   self->monitor = g_object_ref (monitor);
   self->device = libusb_ref_device (device);
   self->speed = speed_from_libusb (libusb_get_device_speed (device));
-  real = realpath (link, NULL);
-  self->sysfs_path = real != NULL ? g_strdup (real) : g_strdup (resolved);
-  free (real);
+  self->sysfs_path = pb_monitor_device_sysfs_path (device);
   pb_device_set_address (PB_DEVICE (self), libusb_get_bus_number (device), libusb_get_device_address (device), busid);
   g_signal_connect_object (monitor, "device-removed", G_CALLBACK (on_monitor_device_removed), self, 0);
   return g_steal_pointer (&self);

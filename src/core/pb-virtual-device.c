@@ -76,20 +76,22 @@ endpoint_state_for_urb (PbVirtualDevice *self, PbUrb *urb)
   return endpoint_state (self, address);
 }
 
+/* Takes urb out of its endpoint's order and hands it to its owner. */
+static void
+give_back_now (EndpointState *state, PbUrb *urb)
+{
+  g_queue_unlink (&state->order, &urb->order_link);
+  urb->order_done = FALSE;
+  urb->intercept_func = NULL;
+  urb->intercept_data = NULL;
+  pb_urb_give_back (urb);
+}
+
 static void
 flush_in_order (PbVirtualDevice *self, EndpointState *state)
 {
-  while (state->order.head != NULL)
-    {
-      PbUrb *head = state->order.head->data;
-      if (!head->order_done)
-        break;
-      g_queue_unlink (&state->order, &head->order_link);
-      head->order_done = FALSE;
-      head->intercept_func = NULL;
-      head->intercept_data = NULL;
-      pb_urb_give_back (head);
-    }
+  while (state->order.head != NULL && ((PbUrb *) state->order.head->data)->order_done)
+    give_back_now (state, state->order.head->data);
 }
 
 /* An unlinked URB is answered with a RET_UNLINK, which carries no data, so it leaves at once,
@@ -99,11 +101,7 @@ flush_in_order (PbVirtualDevice *self, EndpointState *state)
 static void
 give_back_unlinked (PbVirtualDevice *self, EndpointState *state, PbUrb *urb)
 {
-  g_queue_unlink (&state->order, &urb->order_link);
-  urb->order_done = FALSE;
-  urb->intercept_func = NULL;
-  urb->intercept_data = NULL;
-  pb_urb_give_back (urb);
+  give_back_now (state, urb);
   flush_in_order (self, state);
 }
 

@@ -36,19 +36,22 @@ stop_server() {
   kill $pid 2>/dev/null; waitfor "[ ! -d /proc/$pid ]" 50 || kill -9 $pid 2>/dev/null
   wait $pid 2>/dev/null; return 0
 }
+launch() { # READY STDIN ARGS...: plugboard ARGS in the background, reading STDIN; wait for its READY line
+  ready=$1; input=$2; shift 2
+  rm -f /tmp/server.log # else the wait below may find the previous server's lines
+  # Explicit: a background command's stdin is /dev/null otherwise, whatever the function's.
+  plugboard "$@" < $input > /tmp/server.log 2>&1 &
+  echo $! > /tmp/server.pid
+  waitfor "grep -q '^$ready' /tmp/server.log" 100 || { cat /tmp/server.log; fail "plugboard $1 did not start"; return; }
+}
 start_devices() { # METHOD SPEC [PORT]
   port=${3:-3240}
-  rm -f /tmp/server.log # else the wait below may find the previous server's lines
   rm -f /tmp/kbd.fifo; mkfifo /tmp/kbd.fifo; exec 4<>/tmp/kbd.fifo
   if [ $1 = virtual ]; then
-    plugboard virtual --attach "$2" --type-stdin < /tmp/kbd.fifo > /tmp/server.log 2>&1 &
-    echo $! > /tmp/server.pid
-    waitfor "grep -q '^attached' /tmp/server.log" 100 || { cat /tmp/server.log; fail "plugboard virtual did not attach"; return; }
+    launch attached /tmp/kbd.fifo virtual --attach "$2" --type-stdin || return
     cat /tmp/server.log; return 0
   fi
-  plugboard serve --listen 127.0.0.1 --port $port --virtual "$2" --type-stdin < /tmp/kbd.fifo > /tmp/server.log 2>&1 &
-  echo $! > /tmp/server.pid
-  waitfor "grep -q '^listening' /tmp/server.log" 100 || { cat /tmp/server.log; fail "plugboard serve did not start"; return; }
+  launch listening /tmp/kbd.fifo serve --listen 127.0.0.1 --port $port --virtual "$2" --type-stdin || return
   case $1 in
     usbip) usbip --tcp-port $port attach -r 127.0.0.1 -b 100-1 || { fail "usbip attach failed"; return; } ;;
     plugboard) plugboard attach -r 127.0.0.1 -p $port -b 100-1 || { fail "plugboard attach failed"; return; } ;;
@@ -168,10 +171,7 @@ b_usbip_host() { # plugboard attach of a real (emulated) device that usbip-host 
 # ---- G: the libusb export (plugboard serve --share) of the emulated stick ----
 start_share() { start_share_spec $1 $STICK; } # PORT: plugboard serve --share the stick
 start_share_spec() { # PORT BUSID|VID:PID
-  rm -f /tmp/server.log
-  plugboard serve --listen 127.0.0.1 --port $1 --share $2 > /tmp/server.log 2>&1 &
-  echo $! > /tmp/server.pid
-  waitfor "grep -q '^listening' /tmp/server.log" 100 || { cat /tmp/server.log; fail "plugboard serve --share did not start"; return; }
+  launch listening /dev/null serve --listen 127.0.0.1 --port $1 --share $2 || return
   cat /tmp/server.log
 }
 g_share_msc() { # Linux's usbip attach imports the stick from plugboard's libusb export

@@ -150,6 +150,9 @@ HOST_PID=$!
 for _ in $(seq 100); do grep -q '^listening' "$HOST_LOG" && break; sleep 0.1; done
 
 host_results=()
+signal_guest() { # the guest waits for a connection on its port 5555 (behind a hostfwd)
+  exec 7<> "/dev/tcp/127.0.0.1/$HOST_SIGNAL_PORT" && exec 7>&-
+}
 host_list_probe() { # when the guest says its usbipd is up: read it through the hostfwd port
   local busid=$1 out=$CACHE/host-list.txt why=
   if ! "$PLUGBOARD" list -r 127.0.0.1 -p "$HOST_FWD_PORT" > "$out" 2>&1; then why="plugboard list failed"
@@ -159,8 +162,7 @@ host_list_probe() { # when the guest says its usbipd is up: read it through the 
   fi
   sed 's/^/vm: host: /' "$out"
   host_results+=("RESULT F-host-list ${why:+FAIL }${why:-PASS}")
-  # Let the guest go on (it waits on port 5555 behind the hostfwd).
-  exec 7<> "/dev/tcp/127.0.0.1/$HOST_SIGNAL_PORT" && exec 7>&-
+  signal_guest
 }
 
 qmp() { # COMMAND JSON-ARGUMENTS: one QMP command on QEMU's monitor socket
@@ -186,29 +188,17 @@ host_press_keys() { # a, b, c pressed and released on QEMU's usb-kbd, then let t
       sleep 0.1
     done
   done
-  exec 7<> "/dev/tcp/127.0.0.1/$HOST_SIGNAL_PORT" && exec 7>&-
+  signal_guest
 }
 
 host_replug_stick() { # QMP device_add of the stick again, then let the guest go on
   qmp device_add '{"driver": "usb-storage", "bus": "usb.0", "drive": "stick", "serial": "PBSTICK", "id": "stickdev"}'
-  exec 7<> "/dev/tcp/127.0.0.1/$HOST_SIGNAL_PORT" && exec 7>&-
+  signal_guest
 }
 
 host_unplug_stick() { # QMP device_del of the stick, then let the guest go on
-  python3 - "$CACHE/qmp.sock" <<'PY'
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile("rw")
-def call(cmd, **args):
-    f.write(json.dumps({"execute": cmd, "arguments": args}) + "\n"); f.flush()
-    while True:
-        reply = json.loads(f.readline())
-        if "return" in reply or "error" in reply:
-            return reply
-json.loads(f.readline())  # greeting
-call("qmp_capabilities")
-print("vm: host: device_del stickdev:", call("device_del", id="stickdev"))
-PY
-  exec 7<> "/dev/tcp/127.0.0.1/$HOST_SIGNAL_PORT" && exec 7>&-
+  qmp device_del '{"id": "stickdev"}'
+  signal_guest
 }
 
 # ---- boot ----
